@@ -1,0 +1,101 @@
+"""The Potential contract: a batch of atomic systems in; energy, forces and stress out.
+
+Every model family implements :class:`Potential`. A backend evaluates the whole batch in one forward pass; the
+server never loops over structures with a per-structure calculator.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cards import ModelCard
+from .system import AtomicSystem
+
+ENERGY, FORCES, STRESS = "energy", "forces", "stress"
+ALL_PROPERTIES: tuple[str, ...] = (ENERGY, FORCES, STRESS)
+
+
+@dataclass
+class Prediction:
+    """Results for one system in ASE units and sign conventions.
+
+    ``stress`` is the Cauchy stress in eV/Å³ with ASE's sign (tensile positive, ``-dE/dstrain / volume``);
+    None for a non-periodic system or when it was not requested.
+    """
+
+    energy: float
+    forces: np.ndarray | None = None  # (n, 3) eV/Å
+    stress: np.ndarray | None = None  # (3, 3) eV/Å³
+
+
+class Potential(abc.ABC):
+    """A machine-learned interatomic potential that evaluates batches of systems.
+
+    Subclasses set the attributes below in ``__init__`` and implement :meth:`predict_batch`.
+    """
+
+    card: ModelCard
+    #: Properties this potential can compute, a subset of :data:`ALL_PROPERTIES`.
+    implemented_properties: tuple[str, ...] = ALL_PROPERTIES
+    #: Atomic numbers the model was trained on.
+    elements: frozenset[int]
+    #: Interaction cutoff in Å.
+    cutoff: float
+    dtype: torch.dtype
+    device: torch.device
+
+    @abc.abstractmethod
+    def predict_batch(
+        self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
+    ) -> list[Prediction]:
+        """Evaluate all ``systems`` in one batch and return one :class:`Prediction` each, in order."""
+
+    def predict(
+        self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
+    ) -> list[Prediction]:
+        """Check the request against the contract, then evaluate the batch."""
+        unknown = set(properties) - set(self.implemented_properties)
+        if unknown:
+            raise PropertyNotImplemented(
+                f"{self.card.name} does not implement {sorted(unknown)}; it implements "
+                f"{list(self.implemented_properties)}"
+            )
+        if not systems:
+            return []
+        return self.predict_batch(systems, properties)
+
+    def check(self, system: AtomicSystem) -> None:
+        """Raise :class:`StructureRejected` if this model cannot evaluate ``system``; the default accepts all.
+
+        The server calls this for each structure before queueing it, so one bad structure never reaches a batch.
+        Generic checks (elements, NaN, overlaps, cell) are done by the server; this hook is for the family's own
+        limits (e.g. an atom with no neighbour within the cutoff).
+        """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.card.name!r}, device={self.device}, dtype={self.dtype})"
+
+
+class StructureRejected(ValueError):
+    """A structure this model cannot evaluate; ``code`` is a short machine-readable reason."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class PropertyNotImplemented(ValueError):
+    """A property was asked for that the potential does not compute."""
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """Return ``device``, or CUDA when it is available and the CPU otherwise."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
