@@ -59,9 +59,7 @@ def neighbor_list(system: AtomicSystem, cutoff: float) -> tuple[np.ndarray, np.n
     """Full neighbour list ``(i, j, shifts)`` of one system within ``cutoff`` Å, computed by vesin."""
     box = system.cell if system.is_periodic else np.zeros((3, 3))
     calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, shifts = calculator.compute(
-        points=system.positions, box=box, periodic=system.pbc.tolist(), quantities="ijS"
-    )
+    i, j, shifts = calculator.compute(points=system.positions, box=box, periodic=system.pbc.tolist(), quantities="ijS")
     return i.astype(np.int64), j.astype(np.int64), shifts.astype(np.float64)
 
 
@@ -70,7 +68,7 @@ def build_graph(systems: Sequence[AtomicSystem], cutoff: float) -> BatchedGraph:
     n_atoms = np.array([system.n_atoms for system in systems], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
     senders, receivers, shifts, n_edges = [], [], [], []
-    for offset, system in zip(offsets, systems):
+    for offset, system in zip(offsets, systems, strict=True):
         i, j, shift = neighbor_list(system, cutoff)
         senders.append(i + offset)
         receivers.append(j + offset)

@@ -55,9 +55,7 @@ class Potential(abc.ABC):
     ) -> list[Prediction]:
         """Evaluate all ``systems`` in one batch and return one :class:`Prediction` each, in order."""
 
-    def predict(
-        self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
-    ) -> list[Prediction]:
+    def predict(self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES) -> list[Prediction]:
         """Check the request against the contract, then evaluate the batch."""
         unknown = set(properties) - set(self.implemented_properties)
         if unknown:
