@@ -81,8 +81,8 @@ class ModelRegistry:
             return self._cards[name]
         except KeyError:
             close = difflib.get_close_matches(name, self._cards, n=3)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownModel(f"unknown model {name!r}{hint} Known models: {', '.join(self.names())}") from None
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise UnknownModel(f"unknown model {name!r}{hint}; known models: {', '.join(self.names())}") from None
 
     def load(self, name: str, device: str | torch.device | None = None) -> Potential:
         """Verify the checkpoint's hash, then build the model's Potential on ``device`` (default: CUDA if any)."""

@@ -1,0 +1,269 @@
+"""Python clients for the mlipserve HTTP API: :class:`Client` (sync) and :class:`AsyncClient`.
+
+Both take lists of ase.Atoms or pymatgen structures, split them into requests the server accepts, send several
+requests at once so the server can batch them, retry on 503 with backoff, and show a progress bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from tqdm.auto import tqdm
+
+from .encoding import chunked, encode_structure
+from .results import RequestFailed, Result
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+ALL_PROPERTIES = ("energy", "forces", "stress")
+RETRY_STATUSES = {502, 503, 504}
+
+
+class _Settings:
+    """Options shared by the sync and async clients."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str | None,
+        timeout: float,
+        chunk_size: int,
+        chunk_atoms: int,
+        concurrency: int,
+        retries: int,
+        backoff: float,
+        progress: bool | None,
+    ):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+        self.chunk_atoms = chunk_atoms
+        self.concurrency = concurrency
+        self.retries = retries
+        self.backoff = backoff
+        self.progress = progress
+
+    def body(self, chunk: list[dict], properties: Sequence[str], model: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"structures": chunk, "properties": list(properties)}
+        if model or self.model:
+            body["model"] = model or self.model
+        return body
+
+    def retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None and "Retry-After" in response.headers:
+            try:
+                return float(response.headers["Retry-After"])
+            except ValueError:
+                pass
+        return self.backoff * 2**attempt * (0.5 + random.random())
+
+    def progress_bar(self, total: int, progress: bool | None):
+        show = self.progress if progress is None else progress
+        return tqdm(total=total, unit="structure", desc="mlipserve", disable=None if show is None else not show)
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        error = response.json()["error"]
+        code, message = error["code"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", response.text[:500]
+    raise RequestFailed(response.status_code, code, message)
+
+
+def _collect(chunks: list[tuple[int, list[dict]]], payloads: list[dict[str, Any]], errors: str) -> list[Result]:
+    results: list[Result] = []
+    for (offset, _), payload in zip(chunks, payloads, strict=True):
+        model = payload["model"]
+        results.extend(Result.from_entry(i, offset, entry, model) for i, entry in enumerate(payload["results"]))
+    if errors == "raise":
+        for result in results:
+            if result.error is not None:
+                raise result.error
+    return results
+
+
+def _prepare(structures: Any, chunk_size: int, chunk_atoms: int) -> tuple[bool, list[tuple[int, list[dict]]], int]:
+    single = not isinstance(structures, (list, tuple))
+    encoded = [encode_structure(s) for s in ([structures] if single else structures)]
+    return single, list(chunked(encoded, chunk_size, chunk_atoms)), len(encoded)
+
+
+class Client:
+    """Synchronous client.
+
+    >>> from ase.build import bulk
+    >>> with Client("http://127.0.0.1:8000", model="7net-0") as client:  # doctest: +SKIP
+    ...     result = client.predict(bulk("Si"))
+    ...     result.energy, result.forces.shape, result.stress.shape
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model: str | None = None,
+        *,
+        timeout: float = 600.0,
+        chunk_size: int = 64,
+        chunk_atoms: int = 20_000,
+        concurrency: int = 4,
+        retries: int = 8,
+        backoff: float = 0.5,
+        progress: bool | None = None,
+    ):
+        self.settings = _Settings(url, model, timeout, chunk_size, chunk_atoms, concurrency, retries, backoff, progress)
+        self._http = httpx.Client(base_url=self.settings.url, timeout=timeout)
+
+    def predict(
+        self,
+        structures: Any,
+        properties: Sequence[str] = ALL_PROPERTIES,
+        *,
+        model: str | None = None,
+        errors: str = "raise",
+        progress: bool | None = None,
+    ) -> list[Result] | Result:
+        """Energies (and forces, stresses) of one structure or a list, in order.
+
+        ``errors="raise"`` raises :class:`StructureFailed` for the first structure the server could not evaluate;
+        ``errors="return"`` returns it as a :class:`Result` whose ``error`` is set.
+        """
+        single, chunks, total = _prepare(structures, self.settings.chunk_size, self.settings.chunk_atoms)
+        with self.settings.progress_bar(total, progress) as bar:
+
+            def send(chunk: tuple[int, list[dict]]) -> dict[str, Any]:
+                payload = self._post("/v1/predict", self.settings.body(chunk[1], properties, model))
+                bar.update(len(chunk[1]))
+                return payload
+
+            with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+                payloads = list(pool.map(send, chunks))
+        results = _collect(chunks, payloads, errors)
+        return results[0] if single else results
+
+    def models(self) -> list[dict[str, Any]]:
+        """The server's models (``GET /v1/models``)."""
+        return self._request("GET", "/v1/models")["models"]
+
+    def ready(self) -> bool:
+        """Whether every model the server hosts is loaded."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_until_ready(self, timeout: float = 300.0, interval: float = 0.5) -> None:
+        """Block until ``/readyz`` answers 200, or raise after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise RequestFailed(None, "not_ready", f"{self.settings.url} was not ready after {timeout} s")
+            time.sleep(interval)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", path, json=body)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        for attempt in range(self.settings.retries + 1):
+            response = None
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as error:
+                if attempt == self.settings.retries:
+                    raise RequestFailed(None, "unreachable", f"{self.settings.url}: {error}") from error
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt == self.settings.retries:
+                    _raise_for(response)
+                    return response.json()
+            time.sleep(self.settings.retry_delay(attempt, response))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """Asynchronous client with the same options and results as :class:`Client`."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model: str | None = None,
+        *,
+        timeout: float = 600.0,
+        chunk_size: int = 64,
+        chunk_atoms: int = 20_000,
+        concurrency: int = 4,
+        retries: int = 8,
+        backoff: float = 0.5,
+        progress: bool | None = None,
+    ):
+        self.settings = _Settings(url, model, timeout, chunk_size, chunk_atoms, concurrency, retries, backoff, progress)
+        self._http = httpx.AsyncClient(base_url=self.settings.url, timeout=timeout)
+
+    async def predict(
+        self,
+        structures: Any,
+        properties: Sequence[str] = ALL_PROPERTIES,
+        *,
+        model: str | None = None,
+        errors: str = "raise",
+        progress: bool | None = None,
+    ) -> list[Result] | Result:
+        """As :meth:`Client.predict`."""
+        single, chunks, total = _prepare(structures, self.settings.chunk_size, self.settings.chunk_atoms)
+        limit = asyncio.Semaphore(self.settings.concurrency)
+        with self.settings.progress_bar(total, progress) as bar:
+
+            async def send(chunk: tuple[int, list[dict]]) -> dict[str, Any]:
+                async with limit:
+                    payload = await self._request(
+                        "POST", "/v1/predict", json=self.settings.body(chunk[1], properties, model)
+                    )
+                bar.update(len(chunk[1]))
+                return payload
+
+            payloads = await asyncio.gather(*(send(chunk) for chunk in chunks))
+        results = _collect(chunks, list(payloads), errors)
+        return results[0] if single else results
+
+    async def models(self) -> list[dict[str, Any]]:
+        return (await self._request("GET", "/v1/models"))["models"]
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        for attempt in range(self.settings.retries + 1):
+            response = None
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as error:
+                if attempt == self.settings.retries:
+                    raise RequestFailed(None, "unreachable", f"{self.settings.url}: {error}") from error
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt == self.settings.retries:
+                    _raise_for(response)
+                    return response.json()
+            await asyncio.sleep(self.settings.retry_delay(attempt, response))
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

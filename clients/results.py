@@ -1,0 +1,72 @@
+"""What the client returns: one :class:`Result` per structure, and the errors it may raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class MLIPServeError(Exception):
+    """Base of the client's errors."""
+
+
+class RequestFailed(MLIPServeError):
+    """The server refused a request (4xx/5xx) or could not be reached after the retries."""
+
+    def __init__(self, status: int | None, code: str, message: str):
+        super().__init__(f"{message} [{code}{f', HTTP {status}' if status else ''}]")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class StructureFailed(MLIPServeError):
+    """The server could not evaluate one structure (bad input, or the model failed on it)."""
+
+    def __init__(self, index: int, code: str, message: str):
+        super().__init__(f"{message} [{code}]")
+        self.index = index
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Result:
+    """One structure's result in ASE units; ``error`` is set (and the numbers are None) when it failed."""
+
+    energy: float | None = None
+    energy_per_atom: float | None = None
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    error: StructureFailed | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def stress_voigt(self) -> np.ndarray | None:
+        """Stress as ASE's 6-vector (xx, yy, zz, yz, xz, xy)."""
+        if self.stress is None:
+            return None
+        s = self.stress
+        return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+    @classmethod
+    def from_entry(cls, local_index: int, offset: int, entry: dict[str, Any], model: dict[str, Any]) -> Result:
+        """Decode entry ``local_index`` of a request whose first structure is ``offset`` in the user's list."""
+        if "error" in entry:
+            error, index = entry["error"], offset + local_index
+            message = error["message"].replace(f"structure {local_index}:", f"structure {index}:", 1)
+            return cls(error=StructureFailed(index, error["code"], message), model=model)
+        forces, stress = entry.get("forces"), entry.get("stress")
+        return cls(
+            energy=entry["energy"],
+            energy_per_atom=entry["energy_per_atom"],
+            forces=None if forces is None else np.asarray(forces, dtype=np.float64),
+            stress=None if stress is None else np.asarray(stress, dtype=np.float64),
+            model=model,
+        )

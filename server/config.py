@@ -1,0 +1,31 @@
+"""The server's settings, with every default in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..models.registry import DEFAULT_MODEL, DEFAULT_MODEL_DIR
+from .batching import BatchPolicy
+from .validation import StructureLimits
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What ``mlipserve serve`` is configured with."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Models this server hosts in its embedded workers, loaded at start-up.
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    model_dir: Path = DEFAULT_MODEL_DIR
+    #: "auto" picks CUDA when available.
+    device: str = "auto"
+    limits: StructureLimits = field(default_factory=StructureLimits)
+    max_structures_per_request: int = 10_000
+    max_atoms_per_request: int = 200_000
+    #: Structures accepted but not yet running, over all models; beyond it requests get 503.
+    queue_limit: int = 100_000
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
+    #: torch threads per worker; None uses every core available to the process.
+    torch_threads: int | None = None

@@ -1,0 +1,150 @@
+"""Decode the structure forms a request may carry into :class:`AtomicSystem` objects.
+
+Three forms are accepted (see the README): arrays (``numbers`` or ``symbols``, ``positions``, ``cell``, ``pbc``),
+a pymatgen ``Structure.as_dict()`` / ``Molecule.as_dict()``, and text in a file format read by ase
+(``{"format": "extxyz" | "cif" | "poscar", "text": ...}``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+from ase.data import atomic_numbers, chemical_symbols
+
+from ..models.system import AtomicSystem
+from .errors import StructureError
+
+#: request format name -> ase.io format name
+TEXT_FORMATS = {"extxyz": "extxyz", "xyz": "extxyz", "cif": "cif", "poscar": "vasp", "vasp": "vasp"}
+MAX_ATOMIC_NUMBER = len(chemical_symbols) - 1
+
+
+def decode_structure(index: int, data: Any) -> AtomicSystem:
+    """Decode structure ``index`` of a request, raising :class:`StructureError` for anything malformed."""
+    if not isinstance(data, dict):
+        raise StructureError(index, "malformed_structure", f"expected a JSON object, got {type(data).__name__}")
+    if "format" in data or "text" in data:
+        return _from_text(index, data)
+    if "sites" in data:
+        return _from_pymatgen(index, data)
+    if "positions" in data:
+        return _from_arrays(index, data)
+    raise StructureError(
+        index,
+        "malformed_structure",
+        "expected 'numbers' or 'symbols' with 'positions', a pymatgen as_dict() with 'sites', "
+        f"or 'format' with 'text'; got keys {sorted(data)}",
+    )
+
+
+def _from_arrays(index: int, data: dict[str, Any]) -> AtomicSystem:
+    if ("numbers" in data) == ("symbols" in data):
+        raise StructureError(index, "malformed_structure", "give exactly one of 'numbers' and 'symbols'")
+    numbers = _numbers_from_symbols(index, data["symbols"]) if "symbols" in data else _numbers(index, data["numbers"])
+    positions = _float_array(index, "positions", data["positions"], (len(numbers), 3))
+    cell = data.get("cell")
+    cell = np.zeros((3, 3)) if cell is None else _cell(index, cell)
+    pbc = data.get("pbc")
+    if pbc is None:
+        pbc = np.full(3, bool(np.any(cell)))
+    else:
+        pbc = np.asarray(pbc)
+        if pbc.shape not in ((), (3,)) or pbc.dtype != bool:
+            raise StructureError(index, "malformed_structure", "'pbc' must be a boolean or a list of 3 booleans")
+    return AtomicSystem.from_arrays(numbers, positions, cell, pbc)
+
+
+def _numbers(index: int, values: Any) -> np.ndarray:
+    try:
+        numbers = np.asarray(values)
+        if numbers.ndim != 1 or not (numbers.size == 0 or np.issubdtype(numbers.dtype, np.integer)):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise StructureError(index, "malformed_structure", "'numbers' must be a list of integers") from None
+    bad = numbers[(numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)]
+    if bad.size:
+        raise StructureError(index, "unknown_element", f"atomic number {int(bad[0])} is not an element")
+    return numbers.astype(np.int64)
+
+
+def _numbers_from_symbols(index: int, symbols: Any) -> np.ndarray:
+    if not isinstance(symbols, list) or not all(isinstance(symbol, str) for symbol in symbols):
+        raise StructureError(index, "malformed_structure", "'symbols' must be a list of element symbols")
+    unknown = sorted({symbol for symbol in symbols if symbol not in atomic_numbers or symbol == "X"})
+    if unknown:
+        raise StructureError(index, "unknown_element", f"unknown element symbol(s) {', '.join(unknown)}")
+    return np.array([atomic_numbers[symbol] for symbol in symbols], dtype=np.int64)
+
+
+def _float_array(index: int, name: str, values: Any, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise StructureError(index, "malformed_structure", f"'{name}' must be numbers of shape {shape}") from None
+    if array.shape != shape and not (array.size == 0 and shape[0] == 0):
+        raise StructureError(
+            index, "malformed_structure", f"'{name}' has shape {list(array.shape)}, expected {list(shape)}"
+        )
+    return array.reshape(shape)
+
+
+def _cell(index: int, values: Any) -> np.ndarray:
+    cell = np.asarray(values, dtype=np.float64) if _is_numeric(values) else None
+    if cell is not None and cell.shape == (3,):
+        cell = np.diag(cell)
+    if cell is None or cell.shape != (3, 3):
+        raise StructureError(index, "malformed_structure", "'cell' must be a 3×3 matrix (rows are lattice vectors)")
+    return cell
+
+
+def _is_numeric(values: Any) -> bool:
+    try:
+        np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _from_pymatgen(index: int, data: dict[str, Any]) -> AtomicSystem:
+    from pymatgen.core import Molecule, Structure
+
+    periodic = "lattice" in data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = Structure.from_dict(data) if periodic else Molecule.from_dict(data)
+    except Exception as error:  # pymatgen raises many types for bad dicts
+        raise StructureError(index, "malformed_structure", f"not a valid pymatgen as_dict(): {error}") from None
+    if not obj.is_ordered:
+        raise StructureError(index, "malformed_structure", "partial occupancies are not supported")
+    numbers = np.array([site.specie.Z for site in obj], dtype=np.int64)
+    if periodic:
+        return AtomicSystem.from_arrays(numbers, obj.cart_coords, obj.lattice.matrix, [True, True, True])
+    return AtomicSystem.from_arrays(numbers, obj.cart_coords, None, [False, False, False])
+
+
+def _from_text(index: int, data: dict[str, Any]) -> AtomicSystem:
+    from ase.io import read
+
+    name, text = data.get("format"), data.get("text")
+    if name not in TEXT_FORMATS:
+        raise StructureError(
+            index, "malformed_structure", f"unknown format {name!r}; use one of {', '.join(sorted(TEXT_FORMATS))}"
+        )
+    if not isinstance(text, str) or not text.strip():
+        raise StructureError(index, "malformed_structure", "'text' must be a non-empty string")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frames = read(io.StringIO(text), index=":", format=TEXT_FORMATS[name])
+    except Exception as error:  # ase's readers raise many types on bad text
+        reason = str(error) or f"{type(error).__name__} in ase's {TEXT_FORMATS[name]} reader"
+        raise StructureError(index, "unparsable_text", f"could not read the {name} text: {reason}") from None
+    if len(frames) != 1:
+        raise StructureError(
+            index, "unparsable_text", f"the {name} text holds {len(frames)} structures; send one per entry"
+        )
+    return AtomicSystem.from_ase(frames[0])
