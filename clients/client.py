@@ -7,6 +7,7 @@ requests at once so the server can batch them, retry on 503 with backoff, and sh
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Sequence
@@ -25,19 +26,26 @@ RETRY_STATUSES = {502, 503, 504}
 
 
 class _Settings:
-    """Options shared by the sync and async clients."""
+    """Options shared by the sync and async clients.
+
+    ``model``: default model of requests; ``timeout``: seconds per request; ``chunk_size``/``chunk_atoms``: most
+    structures/atoms per request; ``concurrency``: requests in flight; ``retries``/``backoff``: on 503 and
+    connection errors, doubling from ``backoff`` seconds (or the server's Retry-After); ``progress``: tqdm bar
+    (None shows it on a terminal).
+    """
 
     def __init__(
         self,
         url: str,
         model: str | None,
-        timeout: float,
-        chunk_size: int,
-        chunk_atoms: int,
-        concurrency: int,
-        retries: int,
-        backoff: float,
-        progress: bool | None,
+        *,
+        timeout: float = 600.0,
+        chunk_size: int = 64,
+        chunk_atoms: int = 20_000,
+        concurrency: int = 4,
+        retries: int = 8,
+        backoff: float = 0.5,
+        progress: bool | None = None,
     ):
         self.url = url.rstrip("/")
         self.model = model
@@ -55,13 +63,24 @@ class _Settings:
             body["model"] = model or self.model
         return body
 
-    def retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
+    def retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """Seconds to wait before trying again, or None when this answer is final."""
+        retryable = response is None or response.status_code in RETRY_STATUSES
+        if not retryable or attempt >= self.retries:
+            return None
         if response is not None and "Retry-After" in response.headers:
             try:
                 return float(response.headers["Retry-After"])
             except ValueError:
                 pass
         return self.backoff * 2**attempt * (0.5 + random.random())
+
+    def outcome(self, response: httpx.Response | None, error: httpx.TransportError | None) -> dict[str, Any]:
+        """The JSON body of a final answer, or the error it stands for."""
+        if response is None:
+            raise RequestFailed(None, "unreachable", f"{self.url}: {error}") from error
+        _raise_for(response)
+        return response.json()
 
     def progress_bar(self, total: int, progress: bool | None):
         show = self.progress if progress is None else progress
@@ -98,7 +117,7 @@ def _prepare(structures: Any, chunk_size: int, chunk_atoms: int) -> tuple[bool, 
 
 
 class Client:
-    """Synchronous client.
+    """Synchronous client; options as described in :class:`_Settings`.
 
     >>> from ase.build import bulk
     >>> with Client("http://127.0.0.1:8000", model="7net-0") as client:  # doctest: +SKIP
@@ -106,21 +125,9 @@ class Client:
     ...     result.energy, result.forces.shape, result.stress.shape
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        model: str | None = None,
-        *,
-        timeout: float = 600.0,
-        chunk_size: int = 64,
-        chunk_atoms: int = 20_000,
-        concurrency: int = 4,
-        retries: int = 8,
-        backoff: float = 0.5,
-        progress: bool | None = None,
-    ):
-        self.settings = _Settings(url, model, timeout, chunk_size, chunk_atoms, concurrency, retries, backoff, progress)
-        self._http = httpx.Client(base_url=self.settings.url, timeout=timeout)
+    def __init__(self, url: str = DEFAULT_URL, model: str | None = None, **options: Any):
+        self.settings = _Settings(url, model, **options)
+        self._http = httpx.Client(base_url=self.settings.url, timeout=self.settings.timeout)
 
     def predict(
         self,
@@ -172,18 +179,16 @@ class Client:
         return self._request("POST", path, json=body)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        for attempt in range(self.settings.retries + 1):
-            response = None
+        for attempt in itertools.count():
+            response, error = None, None
             try:
                 response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as error:
-                if attempt == self.settings.retries:
-                    raise RequestFailed(None, "unreachable", f"{self.settings.url}: {error}") from error
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.settings.retries:
-                    _raise_for(response)
-                    return response.json()
-            time.sleep(self.settings.retry_delay(attempt, response))
+            except httpx.TransportError as transport_error:
+                error = transport_error
+            delay = self.settings.retry_delay(attempt, response)
+            if delay is None:
+                return self.settings.outcome(response, error)
+            time.sleep(delay)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -199,21 +204,9 @@ class Client:
 class AsyncClient:
     """Asynchronous client with the same options and results as :class:`Client`."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        model: str | None = None,
-        *,
-        timeout: float = 600.0,
-        chunk_size: int = 64,
-        chunk_atoms: int = 20_000,
-        concurrency: int = 4,
-        retries: int = 8,
-        backoff: float = 0.5,
-        progress: bool | None = None,
-    ):
-        self.settings = _Settings(url, model, timeout, chunk_size, chunk_atoms, concurrency, retries, backoff, progress)
-        self._http = httpx.AsyncClient(base_url=self.settings.url, timeout=timeout)
+    def __init__(self, url: str = DEFAULT_URL, model: str | None = None, **options: Any):
+        self.settings = _Settings(url, model, **options)
+        self._http = httpx.AsyncClient(base_url=self.settings.url, timeout=self.settings.timeout)
 
     async def predict(
         self,
@@ -245,18 +238,16 @@ class AsyncClient:
         return (await self._request("GET", "/v1/models"))["models"]
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        for attempt in range(self.settings.retries + 1):
-            response = None
+        for attempt in itertools.count():
+            response, error = None, None
             try:
                 response = await self._http.request(method, path, **kwargs)
-            except httpx.TransportError as error:
-                if attempt == self.settings.retries:
-                    raise RequestFailed(None, "unreachable", f"{self.settings.url}: {error}") from error
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.settings.retries:
-                    _raise_for(response)
-                    return response.json()
-            await asyncio.sleep(self.settings.retry_delay(attempt, response))
+            except httpx.TransportError as transport_error:
+                error = transport_error
+            delay = self.settings.retry_delay(attempt, response)
+            if delay is None:
+                return self.settings.outcome(response, error)
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:

@@ -24,7 +24,7 @@ ALL_PROPERTIES: tuple[str, ...] = (ENERGY, FORCES, STRESS)
 class Prediction:
     """Results for one system in ASE units and sign conventions.
 
-    ``stress`` is the Cauchy stress in eV/Å³ with ASE's sign (tensile positive, ``-dE/dstrain / volume``);
+    ``stress`` is the Cauchy stress in eV/Å³ with ASE's sign (tensile positive, ``(1/V) dE/dstrain``);
     None for a non-periodic system or when it was not requested.
     """
 

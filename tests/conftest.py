@@ -36,7 +36,7 @@ def dataset_sample(per_file: int = 2, max_atoms: int = 64) -> list:
     """The smallest ``per_file`` frames of the HfO2 file and of every mlearn test split, as ase.Atoms."""
     sample = []
     for path in sorted(DATASETS.glob("*.extxyz")):
-        frames = [atoms for atoms in read(path, index=":") if len(atoms) <= max_atoms]
+        frames = [atoms for atoms in read(path, index=":", format="extxyz") if len(atoms) <= max_atoms]
         frames.sort(key=len)
         for atoms in frames[:per_file]:
             atoms.info["source"] = path.name

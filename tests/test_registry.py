@@ -84,7 +84,8 @@ def test_unknown_model_and_family(tmp_path: Path) -> None:
 
 
 def test_missing_family_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "chgnet", None)  # as in an environment without chgnet
+    for name in [m for m in sys.modules if m.split(".")[0] == "chgnet"] + ["chgnet"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as in an environment without chgnet
     monkeypatch.delitem(sys.modules, "mlipserve.models.backends.chgnet", raising=False)
     with pytest.raises(BackendUnavailable, match=r"pip install 'mlipserve\[chgnet\]'"):
         load_backend("chgnet")

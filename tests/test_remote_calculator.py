@@ -43,7 +43,7 @@ def test_stress_and_caching(server_url: str) -> None:
 
 def test_bad_structure_raises_input_error(server_url: str) -> None:
     atoms = bulk("Si", cubic=True)
-    atoms.positions[1] = atoms.positions[0] + 0.1
+    atoms.positions[1] = atoms.positions[0] + [0.1, 0.0, 0.0]
     atoms.calc = RemoteCalculator(server_url, model="7net-0")
     with pytest.raises(InputError, match=r"atoms 0 and 1 are 0\.100 Å apart"):
         atoms.get_potential_energy()

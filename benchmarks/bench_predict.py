@@ -1,0 +1,123 @@
+"""Throughput of single-point predictions: ASE calculator loop vs batched Potential vs the HTTP server.
+
+Prints structures/s and atoms/s for (a) a sequential loop over the family's own ASE calculator, (b) mlipserve's
+Potential batched in-process, (c) the same structures through ``mlipserve serve`` over HTTP (embedded queue),
+and the ratios c/b and c/a. All three compute energy, forces and stress, with the same thread settings.
+
+    python benchmarks/bench_predict.py --model 7net-0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from mlipserve.clients import Client
+from mlipserve.models import AtomicSystem, ModelRegistry
+from mlipserve.server.batching import BatchPolicy
+from mlipserve.server.worker import configure_threads
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from structures import benchmark_structures
+
+
+def ase_calculator(model: str):
+    if model.startswith("7net"):
+        from sevenn.calculator import SevenNetCalculator
+
+        return SevenNetCalculator(model, device="cpu")
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    return CHGNetCalculator(CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False), use_device="cpu")
+
+
+def run_ase_loop(model: str, structures: list) -> float:
+    calculator = ase_calculator(model)
+    start = time.perf_counter()
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    return time.perf_counter() - start
+
+
+def run_batched(model: str, structures: list, policy: BatchPolicy) -> float:
+    potential = ModelRegistry().load(model, "cpu")
+    systems = [AtomicSystem.from_ase(atoms) for atoms in structures]
+    potential.predict(systems[:4])  # warm-up
+    start = time.perf_counter()
+    batch, atoms_in_batch = [], 0
+    for system in systems:
+        if batch and atoms_in_batch + system.n_atoms > policy.max_atoms:
+            potential.predict(batch)
+            batch, atoms_in_batch = [], 0
+        batch.append(system)
+        atoms_in_batch += system.n_atoms
+    potential.predict(batch)
+    return time.perf_counter() - start
+
+
+def run_http(model: str, structures: list, policy: BatchPolicy) -> float:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "mlipserve.server.cli", "serve", "--port", str(port), "--model", model]
+    command += ["--device", "cpu", "--batch-atoms", str(policy.max_atoms), "--log-level", "warning"]
+    server = subprocess.Popen(command)
+    try:
+        with Client(f"http://127.0.0.1:{port}", model=model, chunk_size=16, concurrency=8, progress=False) as client:
+            client.wait_until_ready(300)
+            client.predict(structures[:4])  # warm-up
+            start = time.perf_counter()
+            client.predict(structures)
+            return time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="7net-0")
+    parser.add_argument("--count", type=int, default=256)
+    parser.add_argument("--batch-atoms", type=int, default=BatchPolicy().max_atoms)
+    parser.add_argument("--skip-ase", action="store_true", help="skip the (slow) ASE loop")
+    parser.add_argument("--output", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+
+    configure_threads()
+    structures = benchmark_structures(args.count)
+    n_atoms = sum(len(atoms) for atoms in structures)
+    policy = BatchPolicy(max_atoms=args.batch_atoms)
+    timings = {}
+    if not args.skip_ase:
+        timings["a_ase_loop"] = run_ase_loop(args.model, structures)
+    timings["b_batched_in_process"] = run_batched(args.model, structures, policy)
+    timings["c_http_server"] = run_http(args.model, structures, policy)
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.python_version()}"
+    print(f"model {args.model}: {len(structures)} structures, {n_atoms} atoms (2-64 each); {machine}")
+    print("| path | seconds | structures/s | atoms/s |\n|---|---|---|---|")
+    for name, seconds in timings.items():
+        print(f"| {name} | {seconds:.2f} | {len(structures) / seconds:.1f} | {n_atoms / seconds:.0f} |")
+    ratios = {"c/b": timings["b_batched_in_process"] / timings["c_http_server"]}
+    if "a_ase_loop" in timings:
+        ratios["c/a"] = timings["a_ase_loop"] / timings["c_http_server"]
+    print("throughput ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        record = {"model": args.model, "structures": len(structures), "atoms": n_atoms, "machine": machine}
+        args.output.write_text(json.dumps(record | {"seconds": timings, "ratios": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""SevenNet backend: evaluates a batch of structures with a SevenNet checkpoint in one forward pass.
+
+The network is rebuilt from the checkpoint file named by the card (never from a pretrained name). The batch's
+neighbour list comes from :func:`mlipserve.models.graph.build_graph`; it is turned into the batched
+``AtomGraphData`` that SevenNet's model expects (edge vectors carry the gradient; forces and the virial come from
+``dE/d(edge vector)``), and the outputs are converted to ASE's units and sign conventions exactly as
+``sevenn.calculator.SevenNetCalculator`` does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+
+from ..cards import CardError, ModelCard
+from ..graph import BatchedGraph, build_graph
+from ..potential import ALL_PROPERTIES, FORCES, STRESS, Potential, Prediction, StructureRejected
+from ..system import AtomicSystem
+
+try:  # sevenn is the optional dependency of this family; the registry reports a missing package clearly
+    import sevenn._keys as KEY
+    from sevenn.atom_graph_data import AtomGraphData
+    from sevenn.checkpoint import SevenNetCheckpoint
+    from sevenn.nn.force_output import ForceStressOutputFromEdge
+    from sevenn.nn.sequential import AtomGraphSequential
+except ImportError as error:  # pragma: no cover - exercised only without sevenn
+    raise ImportError(f"the SevenNet backend needs the 'sevenn' package: {error}") from error
+
+#: Volumes below this (Å³) are treated as "no cell": no stress is reported.
+_MIN_VOLUME = 1e-6
+#: SevenNet's stress order [xx, yy, zz, xy, yz, zx] -> rows/columns of the symmetric 3×3 matrix.
+_STRESS_INDEX = np.array([[0, 3, 5], [3, 1, 4], [5, 4, 2]])
+
+
+def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> SevenNetPotential:
+    """Build the SevenNet network stored in ``checkpoint`` (already hash-checked) on ``device``."""
+    return SevenNetPotential(card, checkpoint, device)
+
+
+class SevenNetPotential(Potential):
+    """A SevenNet model that evaluates whole batches; float32, as SevenNet is trained and run."""
+
+    implemented_properties = ALL_PROPERTIES
+
+    def __init__(self, card: ModelCard, checkpoint: Path, device: torch.device | str):
+        self.card = card
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        # The file is a full pickle (sevenn loads it with weights_only=False); the registry verified its sha256.
+        sevenn_checkpoint = SevenNetCheckpoint(str(checkpoint))
+        config = sevenn_checkpoint.config
+        type_map: dict[int, int] = {int(z): int(i) for z, i in config[KEY.TYPE_MAP].items()}
+        missing = sorted(card.atomic_numbers - set(type_map), key=int)
+        if missing:
+            known = " ".join(chemical_symbols[z] for z in sorted(type_map))
+            raise CardError(
+                f"{card.name}: the card lists {', '.join(chemical_symbols[z] for z in missing)}, which the checkpoint "
+                f"{checkpoint.name} does not know (it knows {known})"
+            )
+        cutoff = float(config[KEY.CUTOFF])
+        if abs(cutoff - card.cutoff) > 1e-6:
+            raise CardError(f"{card.name}: the card says cutoff {card.cutoff} Å, the checkpoint says {cutoff} Å")
+        self.modal = self._pick_modal(card, config)
+        self.type_map = type_map
+        self.elements = card.atomic_numbers
+        self.cutoff = cutoff
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+            model = sevenn_checkpoint.build_model()
+        model.set_is_batch_data(True)
+        self.model: AtomGraphSequential = model.to(self.device).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    @staticmethod
+    def _pick_modal(card: ModelCard, config: dict[str, Any]) -> str | None:
+        """The fidelity (``options.modal`` in the card) of a multi-modal checkpoint; None for a single-modal one."""
+        modal_map = config.get(KEY.MODAL_MAP) if config.get(KEY.USE_MODALITY, False) else None
+        modal = card.options.get("modal")
+        if not modal_map:
+            if modal is not None:
+                raise CardError(f"{card.name}: options.modal={modal!r} given, but the checkpoint is not multi-modal")
+            return None
+        if modal not in modal_map:
+            raise CardError(f"{card.name}: set options.modal in the card to one of {sorted(modal_map)}")
+        return str(modal)
+
+    def predict_batch(
+        self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
+    ) -> list[Prediction]:
+        """Evaluate all ``systems`` in one forward pass; gradients are taken only for forces or stress."""
+        for index, system in enumerate(systems):
+            unknown = set(np.unique(system.numbers).tolist()) - set(self.type_map)
+            if unknown:
+                symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
+                raise StructureRejected("unknown_element", f"system {index}: {self.card.name} does not know {symbols}")
+        graph = build_graph(systems, self.cutoff)
+        need_grad = FORCES in properties or STRESS in properties
+        output = self._forward(graph, need_grad)
+
+        energy = output[KEY.PRED_TOTAL_ENERGY].detach().cpu().double().numpy().reshape(-1)
+        forces = stress = None
+        if need_grad:
+            # A batch without a single edge leaves the forces and the virial unset (their gradient is None).
+            forces = _numpy(output, KEY.PRED_FORCE, (graph.positions.shape[0], 3))
+            stress = _numpy(output, KEY.PRED_STRESS, (graph.n_systems, 6))
+            # sevenn's stress is [xx, yy, zz, xy, yz, zx] with the opposite sign to ASE (SevenNetCalculator negates
+            # it and reorders it to Voigt); here it becomes the full symmetric matrix with ASE's sign.
+            stress = -stress[:, _STRESS_INDEX]
+
+        offsets = graph.atom_offsets
+        predictions = []
+        for index, system in enumerate(systems):
+            prediction = Prediction(energy=float(energy[index]))
+            if FORCES in properties and forces is not None:
+                prediction.forces = forces[offsets[index] : offsets[index + 1]].copy()
+            if STRESS in properties and stress is not None and _has_volume(system):
+                prediction.stress = stress[index].copy()
+            predictions.append(prediction)
+        return predictions
+
+    def _to_sevenn(self, graph: BatchedGraph) -> AtomGraphData:
+        """The batched input of a SevenNet model (the keys a PyG ``Batch`` of ``AtomGraphData`` carries)."""
+        device, dtype = self.device, self.dtype
+        numbers = torch.as_tensor(graph.numbers, dtype=torch.int64, device=device)
+        # Edge vectors in float64, then rounded to float32 once, as SevenNetCalculator feeds them.
+        edge_vectors = graph.edge_vectors()
+        volumes = np.array(
+            [abs(np.linalg.det(cell)) if pbc.any() else 0.0 for cell, pbc in zip(graph.cells, graph.pbc, strict=True)]
+        )
+        # A system with no cell (a molecule) gets volume 1: sevenn divides its virial by the volume, and the
+        # resulting (unused) stress must stay finite. Its stress is not reported.
+        volumes[volumes < _MIN_VOLUME] = 1.0
+        data = AtomGraphData(
+            x=numbers.clone(),  # placeholder: the model maps atomic numbers to its type indices into x
+            edge_index=torch.as_tensor(np.stack([graph.senders, graph.receivers]), dtype=torch.int64, device=device),
+            pos=torch.as_tensor(graph.positions, dtype=dtype, device=device),
+            **{
+                KEY.ATOMIC_NUMBERS: numbers,
+                KEY.EDGE_VEC: torch.as_tensor(edge_vectors, dtype=dtype, device=device),
+                KEY.CELL: torch.as_tensor(graph.cells, dtype=dtype, device=device),
+                KEY.CELL_SHIFT: torch.as_tensor(graph.shifts, dtype=dtype, device=device),
+                KEY.CELL_VOLUME: torch.as_tensor(volumes, dtype=dtype, device=device),
+                KEY.NUM_ATOMS: torch.as_tensor(graph.n_atoms, dtype=torch.int64, device=device),
+                KEY.BATCH: torch.as_tensor(graph.batch, dtype=torch.int64, device=device),
+            },
+        )
+        if self.modal is not None:
+            data[KEY.DATA_MODALITY] = [self.modal] * graph.n_systems
+        return data
+
+    def _forward(self, graph: BatchedGraph, need_grad: bool) -> AtomGraphData:
+        """Run the model; without ``need_grad`` skip its force/stress module and build no autograd graph."""
+        if need_grad:
+            # Forces and the virial are autograd derivatives w.r.t. the edge vectors; this must work even when the
+            # caller runs under no_grad or inference_mode, so the input tensors are made outside inference mode too.
+            with torch.inference_mode(False), torch.enable_grad():
+                return self.model(self._to_sevenn(graph))
+        with torch.no_grad():
+            data = self.model._preprocess(self._to_sevenn(graph))
+            for module in self.model:
+                if not isinstance(module, ForceStressOutputFromEdge):
+                    data = module(data)
+        return data
+
+
+def _numpy(output: AtomGraphData, key: str, shape: tuple[int, int]) -> np.ndarray:
+    """``output[key]`` as float64 numpy, or zeros of ``shape`` when the model left it unset."""
+    if key not in output:
+        return np.zeros(shape)
+    return output[key].detach().cpu().double().numpy().reshape(shape)
+
+
+def _has_volume(system: AtomicSystem) -> bool:
+    return system.is_periodic and system.volume >= _MIN_VOLUME
