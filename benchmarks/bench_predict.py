@@ -23,7 +23,7 @@ import torch
 from mlipserve.clients import Client
 from mlipserve.models import AtomicSystem, ModelRegistry
 from mlipserve.server.batching import BatchPolicy
-from mlipserve.server.worker import configure_threads
+from mlipserve.server.tuning import tune_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from structures import benchmark_structures
@@ -89,15 +89,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="7net-0")
     parser.add_argument("--count", type=int, default=256)
-    parser.add_argument("--batch-atoms", type=int, default=BatchPolicy().max_atoms)
+    parser.add_argument("--batch-atoms", type=int, default=None, help="default: the server's CPU default")
     parser.add_argument("--skip-ase", action="store_true", help="skip the (slow) ASE loop")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
 
-    configure_threads()
+    tune_process()  # the same thread and allocator settings as the server's workers, for every path
     structures = benchmark_structures(args.count)
     n_atoms = sum(len(atoms) for atoms in structures)
-    policy = BatchPolicy(max_atoms=args.batch_atoms)
+    policy = BatchPolicy(max_atoms=args.batch_atoms).for_device("cpu")
     timings = {}
     if not args.skip_ase:
         timings["a_ase_loop"] = run_ase_loop(args.model, structures)

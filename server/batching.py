@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .tasks import Task, TaskResult
@@ -24,15 +24,30 @@ class TaskSource(Protocol):
         """Return finished results to whoever submitted the tasks."""
 
 
+#: Default atom budget of a batch per device type. On the CPU a batch much larger than a few structures runs
+#: slower per atom than small ones (its tensors fall out of cache; benchmarks/README.md); GPUs want large batches.
+DEFAULT_ATOM_BUDGET = {"cpu": 128, "cuda": 8192}
+
+
 @dataclass(frozen=True)
 class BatchPolicy:
-    """How big a batch may grow and how long the first task of a batch may wait for company."""
+    """How big a batch may grow and how long the first task of a batch may wait for company.
 
-    max_atoms: int = 2048
+    ``max_atoms=None`` takes the device's default from :data:`DEFAULT_ATOM_BUDGET` (see :meth:`for_device`).
+    """
+
+    max_atoms: int | None = None
     max_structures: int = 512
     max_wait: float = 0.005
     #: How long an idle worker blocks waiting for work before checking whether it should stop.
     idle_poll: float = 0.5
+
+    def for_device(self, device: str) -> BatchPolicy:
+        """This policy with its atom budget resolved for ``device`` (e.g. "cpu", "cuda:0")."""
+        if self.max_atoms is not None:
+            return self
+        kind = device.split(":")[0]
+        return replace(self, max_atoms=DEFAULT_ATOM_BUDGET.get(kind, DEFAULT_ATOM_BUDGET["cpu"]))
 
 
 class AtomBudgetBatcher:
@@ -42,8 +57,11 @@ class AtomBudgetBatcher:
     """
 
     def __init__(self, source: TaskSource, policy: BatchPolicy):
+        if policy.max_atoms is None:
+            raise ValueError("resolve the atom budget first: policy.for_device(device)")
         self.source = source
         self.policy = policy
+        self.max_atoms: int = policy.max_atoms
         self._carry: deque[Task] = deque()
 
     def next_batch(self) -> list[Task]:
@@ -59,12 +77,12 @@ class AtomBudgetBatcher:
         while True:
             while self._carry and len(batch) < policy.max_structures:
                 task = self._carry[0]
-                if batch and atoms + task.n_atoms > policy.max_atoms:
+                if batch and atoms + task.n_atoms > self.max_atoms:
                     return batch
                 batch.append(self._carry.popleft())
                 atoms += task.n_atoms
             remaining = deadline - time.monotonic()
-            if atoms >= policy.max_atoms or len(batch) >= policy.max_structures or remaining <= 0:
+            if atoms >= self.max_atoms or len(batch) >= policy.max_structures or remaining <= 0:
                 return batch
             self._carry.extend(self.source.fetch(policy.max_structures - len(batch), remaining))
             if not self._carry:

@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_dir(serve)
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if available; default)")
-    serve.add_argument("--batch-atoms", type=int, default=defaults.batch.max_atoms, help="atom budget of a batch")
+    serve.add_argument(
+        "--batch-atoms",
+        type=int,
+        default=None,
+        help="atom budget of a batch (default: 128 on the CPU, 8192 on a GPU)",
+    )
     serve.add_argument(
         "--max-wait-ms", type=float, default=defaults.batch.max_wait * 1000, help="how long a batch waits to fill"
     )

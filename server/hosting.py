@@ -11,7 +11,8 @@ from ..models.potential import Potential
 from ..models.registry import ModelRegistry
 from .batching import BatchPolicy
 from .broker import EmbeddedBroker
-from .worker import Worker, configure_threads
+from .tuning import tune_process
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class EmbeddedModelHost:
         self._threads.append(loader)
 
     def _load_all(self) -> None:
-        configure_threads(self.torch_threads)
+        tune_process(self.torch_threads)
         for hosted in self.models.values():
             if self._stop.is_set():
                 return
@@ -77,7 +78,7 @@ class EmbeddedModelHost:
             hosted.state = ModelState.READY
 
     def _serve(self, hosted: HostedModel) -> None:
-        configure_threads(self.torch_threads)
+        tune_process(self.torch_threads)
         assert hosted.worker is not None
         try:
             hosted.worker.run(self._stop)

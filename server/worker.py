@@ -7,13 +7,11 @@ of its own while the rest of its batch succeeds; an out-of-memory error is handl
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from ..models.potential import Potential, Prediction
 from .batching import AtomBudgetBatcher, BatchPolicy, TaskSource
@@ -22,19 +20,13 @@ from .tasks import Task, TaskResult
 log = logging.getLogger(__name__)
 
 
-def configure_threads(torch_threads: int | None = None) -> None:
-    """Give torch the cores and keep numpy/scipy's BLAS to one thread, so the two pools do not compete."""
-    torch.set_num_threads(torch_threads or len(os.sched_getaffinity(0)))
-    threadpool_limits(limits=1, user_api="blas")
-
-
 class Worker:
     """Evaluates batches of tasks from ``source`` with one :class:`Potential`."""
 
     def __init__(self, potential: Potential, source: TaskSource, policy: BatchPolicy | None = None):
         self.potential = potential
         self.source = source
-        self.batcher = AtomBudgetBatcher(source, policy or BatchPolicy())
+        self.batcher = AtomBudgetBatcher(source, (policy or BatchPolicy()).for_device(potential.device.type))
         self.batches_run = 0
         self.structures_run = 0
 
