@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
-from ..models.registry import ModelRegistry, UnknownModel
+from ..models.registry import DEFAULT_MODEL, ModelRegistry, UnknownModel
 from .broker import EmbeddedBroker
 from .config import ServerSettings
 from .errors import RequestError, StructureError
@@ -50,6 +50,11 @@ class AppState:
     registry: ModelRegistry
     broker: EmbeddedBroker
     host: EmbeddedModelHost
+
+    @property
+    def default_model(self) -> str:
+        """The model of a request that names none: the first one served."""
+        return self.settings.models[0] if self.settings.models else DEFAULT_MODEL
 
     def hosted_model(self, name: str) -> HostedModel:
         """The served model called ``name``, or a RequestError saying why it cannot take requests."""
@@ -116,7 +121,7 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
     @app.post("/v1/predict", response_model=None, responses={200: {"model": PredictResponse}, **ERROR_RESPONSES})
     async def predict(body: PredictRequest) -> Response:
         """Energies, forces and stresses of a list of structures, in input order."""
-        hosted = state.hosted_model(body.model)
+        hosted = state.hosted_model(body.model or state.default_model)
         assert hosted.potential is not None
         properties = tuple(dict.fromkeys(body.properties))
         check_request_size(len(body.structures), settings)
@@ -152,7 +157,7 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
                 entry["error"] = hosted.error
                 entry["workers"] = [{"device": str(hosted.potential.device)}] if hosted.potential else []
             models.append(entry)
-        return {"default": settings.models[0] if settings.models else None, "models": models}
+        return {"default": state.default_model, "models": models}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

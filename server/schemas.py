@@ -60,7 +60,11 @@ class PredictRequest(BaseModel):
         }
     )
 
-    model: str = Field(DEFAULT_MODEL, description="Model name, as listed by GET /v1/models.")
+    model: str | None = Field(
+        None,
+        description=f"Model name, as listed by GET /v1/models; default: the server's first served model "
+        f"({DEFAULT_MODEL} unless started otherwise).",
+    )
     structures: list[dict[str, Any]] = Field(description=STRUCTURE_FORMS_DOC)
     properties: list[Property] = Field(["energy", "forces", "stress"], description="What to compute.")
 
