@@ -7,10 +7,8 @@ structures run in a thread pool, so the event loop never blocks on either.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -20,15 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
-from ..models.registry import DEFAULT_MODEL, ModelRegistry, UnknownModel
+from ..models.registry import ModelRegistry
 from .broker import EmbeddedBroker
 from .config import ServerSettings
-from .errors import RequestError, StructureError
-from .hosting import EmbeddedModelHost, HostedModel, ModelState
+from .errors import RequestError
+from .hosting import EmbeddedModelHost
 from .schemas import ErrorResponse, PredictRequest, PredictResponse
-from .structures import decode_structure
+from .state import AppState, ModelState, model_info, response_entries
 from .tasks import Task
-from .validation import validate_structure
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +39,6 @@ class JSONBody(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-@dataclass
-class AppState:
-    settings: ServerSettings
-    registry: ModelRegistry
-    broker: EmbeddedBroker
-    host: EmbeddedModelHost
-
-    @property
-    def default_model(self) -> str:
-        """The model of a request that names none: the first one served."""
-        return self.settings.models[0] if self.settings.models else DEFAULT_MODEL
-
-    def hosted_model(self, name: str) -> HostedModel:
-        """The served model called ``name``, or a RequestError saying why it cannot take requests."""
-        try:
-            card = self.registry.card(name)
-        except UnknownModel as error:
-            raise RequestError(404, "unknown_model", str(error)) from None
-        hosted = self.host.models.get(card.name)
-        if hosted is None:
-            served = ", ".join(self.host.models) or "none"
-            raise RequestError(
-                404,
-                "model_not_served",
-                f"model {name!r} is registered but not served here (served: {served}); "
-                f"start the server with --model {name}",
-            )
-        if hosted.state is ModelState.LOADING:
-            raise RequestError(503, "model_loading", f"model {name!r} is still loading", retry_after=2.0)
-        if hosted.state is ModelState.FAILED:
-            raise RequestError(503, "model_unavailable", f"model {name!r} is unavailable: {hosted.error}")
-        return hosted
 
 
 def create_app(settings: ServerSettings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
@@ -121,41 +84,26 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
     @app.post("/v1/predict", response_model=None, responses={200: {"model": PredictResponse}, **ERROR_RESPONSES})
     async def predict(body: PredictRequest) -> Response:
         """Energies, forces and stresses of a list of structures, in input order."""
-        hosted = state.hosted_model(body.model or state.default_model)
-        assert hosted.potential is not None
+        card, status = await state.serving_card(body.model)
         properties = tuple(dict.fromkeys(body.properties))
-        check_request_size(len(body.structures), settings)
-        prepared = await anyio.to_thread.run_sync(prepare_tasks, body.structures, hosted, properties, settings)
-        n_atoms = [item.n_atoms if isinstance(item, Task) else 0 for item in prepared]
-        if sum(n_atoms) > settings.max_atoms_per_request:
-            raise RequestError(
-                413,
-                "too_many_atoms",
-                f"the request holds {sum(n_atoms)} atoms, more than this server's limit of "
-                f"{settings.max_atoms_per_request} per request; split it (the Python client does this for you)",
-            )
-        tasks = [item for item in prepared if isinstance(item, Task)]
-        results = iter(await state.broker.submit(tasks))
-        entries = []
-        for index, item in enumerate(prepared):
-            if isinstance(item, StructureError):
-                entries.append({"error": item.as_dict()})
-            else:
-                entries.append(next(results).as_response(index, item.n_atoms, properties))
-        return JSONBody({"model": model_info(hosted), "results": entries})
+        state.check_request_size(len(body.structures))
+        prepared = await anyio.to_thread.run_sync(state.prepare_tasks, body.structures, card, properties)
+        state.check_request_atoms(prepared)
+        results = await broker.submit([item for item in prepared if isinstance(item, Task)])
+        entries = response_entries(prepared, results, properties)
+        return JSONBody({"model": model_info(card, status, results), "results": entries})
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        """Every registered model, whether it is installed, and whether (and where) this server serves it."""
+        """Every registered model, whether it is installed, and whether (and by which workers) it is served."""
+        statuses = await state.directory.statuses()
         models = []
         for card in registry.cards():
             entry = card.summary()
-            hosted = host.models.get(card.name)
-            entry["served"] = hosted is not None
-            if hosted is not None:
-                entry["state"] = hosted.state.value
-                entry["error"] = hosted.error
-                entry["workers"] = [{"device": str(hosted.potential.device)}] if hosted.potential else []
+            status = statuses.get(card.name)
+            entry["served"] = status is not None
+            if status is not None:
+                entry |= {"state": status.state.value, "error": status.error, "workers": status.workers}
             models.append(entry)
         return {"default": state.default_model, "models": models}
 
@@ -164,53 +112,12 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
         """The process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "A served model is loading or failed."}})
+    @app.get("/readyz", responses={503: {"description": "A served model is loading, failed or has no worker."}})
     async def readyz() -> JSONResponse:
-        """200 once every served model is loaded and has a worker; 503 before that or after a failure."""
-        models = {name: {"state": m.state.value, "error": m.error} for name, m in host.models.items()}
-        return JSONResponse({"ready": host.ready, "models": models}, status_code=200 if host.ready else 503)
+        """200 once every served model can take requests; 503 before that or after a failure."""
+        statuses = await state.directory.statuses()
+        ready = all(status.state is ModelState.READY for status in statuses.values())
+        models = {name: {"state": s.state.value, "error": s.error} for name, s in statuses.items()}
+        return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
 
     return app
-
-
-def check_request_size(n_structures: int, settings: ServerSettings) -> None:
-    if n_structures == 0:
-        raise RequestError(422, "no_structures", "the request has no structures")
-    if n_structures > settings.max_structures_per_request:
-        raise RequestError(
-            413,
-            "too_many_structures",
-            f"the request holds {n_structures} structures, more than this server's limit of "
-            f"{settings.max_structures_per_request}; split it (the Python client does this for you)",
-        )
-
-
-def prepare_tasks(
-    structures: list[dict[str, Any]], hosted: HostedModel, properties: tuple[str, ...], settings: ServerSettings
-) -> list[Task | StructureError]:
-    """Decode and validate each structure: a Task for each good one, the error for each bad one."""
-    assert hosted.potential is not None
-    prepared: list[Task | StructureError] = []
-    for index, data in enumerate(structures):
-        try:
-            system = decode_structure(index, data)
-            validate_structure(index, system, hosted.potential, settings.limits)
-        except StructureError as error:
-            prepared.append(error)
-            continue
-        prepared.append(Task(id=uuid.uuid4().hex, model=hosted.name, system=system, properties=properties))
-    return prepared
-
-
-def model_info(hosted: HostedModel) -> dict[str, str]:
-    potential = hosted.potential
-    assert potential is not None
-    card = potential.card
-    dtype = str(potential.dtype).removeprefix("torch.")
-    return {
-        "name": card.name,
-        "version": card.version,
-        "sha256": card.sha256,
-        "dtype": dtype,
-        "device": str(potential.device),
-    }

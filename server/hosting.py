@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 from dataclasses import dataclass
@@ -11,16 +10,11 @@ from ..models.potential import Potential
 from ..models.registry import ModelRegistry
 from .batching import BatchPolicy
 from .broker import EmbeddedBroker
+from .state import ModelState, ModelStatus
 from .tuning import tune_process
 from .worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-class ModelState(str, enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
 
 
 @dataclass
@@ -33,7 +27,10 @@ class HostedModel:
 
 
 class EmbeddedModelHost:
-    """Loads models in a background thread, then runs one worker thread per model on the embedded broker."""
+    """Loads models in a background thread, then runs one worker thread per model on the embedded broker.
+
+    It is the embedded mode's :class:`~.state.ModelDirectory`.
+    """
 
     def __init__(
         self,
@@ -96,3 +93,13 @@ class EmbeddedModelHost:
     @property
     def ready(self) -> bool:
         return all(hosted.state is ModelState.READY for hosted in self.models.values())
+
+    async def status(self, name: str) -> ModelStatus | None:
+        hosted = self.models.get(name)
+        if hosted is None:
+            return None
+        workers = [hosted.worker.info] if hosted.worker else []
+        return ModelStatus(state=hosted.state, error=hosted.error, workers=workers)
+
+    async def statuses(self) -> dict[str, ModelStatus]:
+        return {name: status for name in self.models if (status := await self.status(name))}

@@ -32,6 +32,8 @@ class TaskResult:
     prediction: Prediction | None = None
     error_code: str | None = None
     error_message: str | None = None
+    #: Where it ran: ``{"dtype": ..., "device": ...}`` of the worker's potential.
+    worker: dict[str, str] | None = None
 
     @property
     def ok(self) -> bool:

@@ -8,7 +8,7 @@ import numpy as np
 import vesin
 from ase.data import chemical_symbols
 
-from ..models.potential import Potential, StructureRejected
+from ..models.cards import ModelCard
 from ..models.system import AtomicSystem
 from .errors import StructureError
 
@@ -24,8 +24,12 @@ class StructureLimits:
     min_volume: float = 1e-3
 
 
-def validate_structure(index: int, system: AtomicSystem, potential: Potential, limits: StructureLimits) -> None:
-    """Raise :class:`StructureError` naming the first problem found with structure ``index``."""
+def validate_structure(index: int, system: AtomicSystem, card: ModelCard, limits: StructureLimits) -> None:
+    """Raise :class:`StructureError` naming the first problem found with structure ``index``.
+
+    These checks need only the model's card, so the server runs them wherever the model itself runs; the
+    family's own limits (:meth:`Potential.check`) are checked by the worker.
+    """
     n_atoms = system.n_atoms
     if n_atoms == 0:
         raise StructureError(index, "no_atoms", "has no atoms")
@@ -44,17 +48,11 @@ def validate_structure(index: int, system: AtomicSystem, potential: Potential, l
             "singular_cell",
             f"cell is singular (volume {system.volume:.3g} Å³) but pbc is {system.pbc.tolist()}",
         )
-    uncovered = sorted(set(system.numbers.tolist()) - potential.elements)
+    uncovered = sorted(set(system.numbers.tolist()) - card.atomic_numbers)
     if uncovered:
         symbols = ", ".join(chemical_symbols[z] for z in uncovered)
-        raise StructureError(
-            index, "element_not_covered", f"element(s) {symbols} not covered by model {potential.card.name!r}"
-        )
+        raise StructureError(index, "element_not_covered", f"element(s) {symbols} not covered by model {card.name!r}")
     _check_overlaps(index, system, limits.min_distance)
-    try:
-        potential.check(system)
-    except StructureRejected as rejection:
-        raise StructureError(index, rejection.code, rejection.message) from None
 
 
 def _check_overlaps(index: int, system: AtomicSystem, min_distance: float) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..models.potential import Potential, Prediction
+from ..models.potential import Potential, Prediction, StructureRejected
 from .batching import AtomBudgetBatcher, BatchPolicy, TaskSource
 from .tasks import Task, TaskResult
 
@@ -27,6 +27,8 @@ class Worker:
         self.potential = potential
         self.source = source
         self.batcher = AtomBudgetBatcher(source, (policy or BatchPolicy()).for_device(potential.device.type))
+        #: Reported with every result: the potential's dtype and device.
+        self.info = {"dtype": str(potential.dtype).removeprefix("torch."), "device": str(potential.device)}
         self.batches_run = 0
         self.structures_run = 0
 
@@ -54,6 +56,23 @@ class Worker:
         self.source.deliver([_failure(task, "worker_failed", message) for task in pending])
 
     def evaluate(self, tasks: Sequence[Task]) -> list[TaskResult]:
+        """Run the family's own checks, then evaluate the accepted tasks as one batch."""
+        results: dict[str, TaskResult] = {}
+        accepted = []
+        for task in tasks:
+            try:
+                self.potential.check(task.system)
+            except StructureRejected as rejection:
+                results[task.id] = _failure(task, rejection.code, rejection.message)
+            else:
+                accepted.append(task)
+        if accepted:
+            results.update((result.task_id, result) for result in self._evaluate_batch(accepted))
+        for result in results.values():
+            result.worker = self.info
+        return [results[task.id] for task in tasks]
+
+    def _evaluate_batch(self, tasks: Sequence[Task]) -> list[TaskResult]:
         """Evaluate ``tasks`` as one batch; on failure, split and retry to isolate the culprit."""
         properties = sorted({p for task in tasks for p in task.properties})
         try:
@@ -66,7 +85,7 @@ class Worker:
                 return [_failure(tasks[0], "model_error", f"the model failed on this structure: {error!r}")]
             log.info("batch of %d failed (%r); splitting", len(tasks), error)
             middle = len(tasks) // 2
-            return self.evaluate(tasks[:middle]) + self.evaluate(tasks[middle:])
+            return self._evaluate_batch(tasks[:middle]) + self._evaluate_batch(tasks[middle:])
         return [_checked(task, prediction) for task, prediction in zip(tasks, predictions, strict=True)]
 
 
