@@ -10,13 +10,15 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 from tqdm.auto import tqdm
 
+from . import jobs
 from .encoding import chunked, encode_structure
 from .results import RequestFailed, Result
 
@@ -156,6 +158,83 @@ class Client:
         results = _collect(chunks, payloads, errors)
         return results[0] if single else results
 
+    def submit_job(
+        self, structures: Sequence[Any], properties: Sequence[str] = ALL_PROPERTIES, *, model: str | None = None
+    ) -> str:
+        """Start a server-side job on a (large) list of structures (``POST /v1/jobs``); return its id at once."""
+        return self._post("/v1/jobs", jobs.job_body(structures, properties, model, self.settings))["id"]
+
+    def submit_job_file(
+        self, path: str | Path, *, model: str | None = None, properties: Sequence[str] = ALL_PROPERTIES
+    ) -> str:
+        """Start a job on every frame of an extxyz file, uploaded as it is; return the job's id."""
+        with open(path, "rb") as handle:
+            fields = jobs.upload_fields(properties, model, self.settings)
+            return self._request("POST", "/v1/jobs", files=jobs.upload_file(path, handle), data=fields)["id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """A job's status: ``state``, ``total``, ``done``, ``errors``, ``error``, ``model_info``..."""
+        return self._request("GET", f"/v1/jobs/{job_id}")
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job; returns its status (state ``cancelled``, or its final state if it had ended)."""
+        return self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def job_results(self, job_id: str) -> Iterator[Result]:
+        """A job's results in input order, as they become ready; ends when the job has ended.
+
+        A cancelled or failed job yields its finished prefix only. A broken stream is resumed where it stopped.
+        """
+        model = self.job(job_id)["model_info"] or {}
+        start, attempt = 0, 0
+        while True:
+            response, error = None, None
+            try:
+                with self._http.stream("GET", jobs.results_path(job_id), params={"start": start}) as response:
+                    if response.is_success:
+                        for line in response.iter_lines():
+                            if line:
+                                index, result = jobs.decode_line(line, model)
+                                start, attempt = index + 1, 0
+                                yield result
+                        return
+                    response.read()
+            except httpx.TransportError as transport_error:
+                response, error = None, transport_error
+            delay = self.settings.retry_delay(attempt, response)
+            if delay is None:
+                self.settings.outcome(response, error)  # raises
+                return
+            time.sleep(delay)
+            attempt += 1
+
+    def run_job(
+        self,
+        structures: Sequence[Any],
+        properties: Sequence[str] = ALL_PROPERTIES,
+        *,
+        model: str | None = None,
+        errors: str = "raise",
+        progress: bool | None = None,
+        poll: float = 1.0,
+    ) -> list[Result]:
+        """As :meth:`predict`, through a server-side job: submit, follow its progress every ``poll`` seconds, collect.
+
+        Interrupting it (Ctrl-C) cancels the job. A job that fails or is cancelled raises :class:`RequestFailed`.
+        """
+        job_id = self.submit_job(structures, properties, model=model)
+        try:
+            with self.settings.progress_bar(len(structures), progress) as bar:
+                while (status := self.job(job_id))["state"] not in jobs.FINAL_STATES:
+                    jobs.show_progress(bar, status)
+                    time.sleep(poll)
+                jobs.show_progress(bar, status)
+        except KeyboardInterrupt:
+            self.cancel_job(job_id)
+            raise
+        jobs.check_finished(status)
+        return jobs.collect(list(self.job_results(job_id)), status, errors)
+
     def models(self) -> list[dict[str, Any]]:
         """The server's models (``GET /v1/models``)."""
         return self._request("GET", "/v1/models")["models"]
@@ -236,6 +315,76 @@ class AsyncClient:
 
     async def models(self) -> list[dict[str, Any]]:
         return (await self._request("GET", "/v1/models"))["models"]
+
+    async def submit_job(
+        self, structures: Sequence[Any], properties: Sequence[str] = ALL_PROPERTIES, *, model: str | None = None
+    ) -> str:
+        """As :meth:`Client.submit_job`."""
+        body = jobs.job_body(structures, properties, model, self.settings)
+        return (await self._request("POST", "/v1/jobs", json=body))["id"]
+
+    async def submit_job_file(
+        self, path: str | Path, *, model: str | None = None, properties: Sequence[str] = ALL_PROPERTIES
+    ) -> str:
+        """As :meth:`Client.submit_job_file` (the file is read into memory first)."""
+        content = Path(path).read_bytes()
+        fields = jobs.upload_fields(properties, model, self.settings)
+        return (await self._request("POST", "/v1/jobs", files=jobs.upload_file(path, content), data=fields))["id"]
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self._request("GET", f"/v1/jobs/{job_id}")
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return await self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    async def job_results(self, job_id: str) -> AsyncIterator[Result]:
+        """As :meth:`Client.job_results`."""
+        model = (await self.job(job_id))["model_info"] or {}
+        start, attempt = 0, 0
+        while True:
+            response, error = None, None
+            try:
+                async with self._http.stream("GET", jobs.results_path(job_id), params={"start": start}) as response:
+                    if response.is_success:
+                        async for line in response.aiter_lines():
+                            if line:
+                                index, result = jobs.decode_line(line, model)
+                                start, attempt = index + 1, 0
+                                yield result
+                        return
+                    await response.aread()
+            except httpx.TransportError as transport_error:
+                response, error = None, transport_error
+            delay = self.settings.retry_delay(attempt, response)
+            if delay is None:
+                self.settings.outcome(response, error)  # raises
+                return
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def run_job(
+        self,
+        structures: Sequence[Any],
+        properties: Sequence[str] = ALL_PROPERTIES,
+        *,
+        model: str | None = None,
+        errors: str = "raise",
+        progress: bool | None = None,
+        poll: float = 1.0,
+    ) -> list[Result]:
+        """As :meth:`Client.run_job`; cancelling the awaiting task cancels the job."""
+        job_id = await self.submit_job(structures, properties, model=model)
+        try:
+            with self.settings.progress_bar(len(structures), progress) as bar:
+                while (status := await self.job(job_id))["state"] not in jobs.FINAL_STATES:
+                    jobs.show_progress(bar, status)
+                    await asyncio.sleep(poll)
+                jobs.show_progress(bar, status)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.cancel_job(job_id))
+            raise
+        jobs.check_finished(status)
+        return jobs.collect([result async for result in self.job_results(job_id)], status, errors)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         for attempt in itertools.count():

@@ -19,12 +19,15 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
 from ..models.registry import ModelRegistry
-from .broker import EmbeddedBroker
+from .broker import Broker, EmbeddedBroker
 from .config import ServerSettings
 from .errors import RequestError
 from .hosting import EmbeddedModelHost
+from .jobs import JobManager
+from .jobs_api import create_jobs_router
+from .redis_broker import RedisBroker, RedisWorkerDirectory
 from .schemas import ErrorResponse, PredictRequest, PredictResponse
-from .state import AppState, ModelState, model_info, response_entries
+from .state import AppState, ModelDirectory, ModelState, model_info, response_entries
 from .tasks import Task
 
 log = logging.getLogger(__name__)
@@ -47,15 +50,29 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
     registry = registry or ModelRegistry(settings.model_dir)
     for name in settings.models:
         registry.card(name)  # fail fast on a misspelt --model
-    broker = EmbeddedBroker(queue_limit=settings.queue_limit)
-    host = EmbeddedModelHost(registry, broker, settings.models, settings.device, settings.batch, settings.torch_threads)
-    state = AppState(settings, registry, broker, host)
+    broker: Broker
+    directory: ModelDirectory
+    host: EmbeddedModelHost | None = None
+    if settings.redis_url:
+        broker = RedisBroker(settings.redis_url, settings.queue_limit, settings.result_ttl, settings.request_timeout)
+        directory = RedisWorkerDirectory(broker, expected=settings.models)
+    else:
+        broker = EmbeddedBroker(queue_limit=settings.queue_limit)
+        directory = host = EmbeddedModelHost(
+            registry, broker, settings.models, settings.device, settings.batch, settings.torch_threads
+        )
+    state = AppState(settings, registry, broker, directory)
+    jobs = JobManager(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        host.start()
+        await broker.start()
+        if host:
+            host.start()
         yield
-        host.stop()
+        await jobs.close()
+        if host:
+            host.stop()
         await broker.close()
 
     app = FastAPI(
@@ -66,6 +83,7 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
         lifespan=lifespan,
     )
     app.state.mlipserve = state
+    app.include_router(create_jobs_router(state, jobs))
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
@@ -115,7 +133,10 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
     @app.get("/readyz", responses={503: {"description": "A served model is loading, failed or has no worker."}})
     async def readyz() -> JSONResponse:
         """200 once every served model can take requests; 503 before that or after a failure."""
-        statuses = await state.directory.statuses()
+        try:
+            statuses = await state.directory.statuses()
+        except RequestError as error:
+            return JSONResponse({"ready": False, "error": error.message}, status_code=503)
         ready = all(status.state is ModelState.READY for status in statuses.values())
         models = {name: {"state": s.state.value, "error": s.error} for name, s in statuses.items()}
         return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)

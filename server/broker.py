@@ -24,6 +24,9 @@ class Broker(abc.ABC):
     async def submit(self, tasks: Sequence[Task]) -> list[TaskResult]:
         """Queue ``tasks`` and return their results in the same order once all are done."""
 
+    async def start(self) -> None:
+        """Connect and start background readers; the default has none."""
+
     async def close(self) -> None:
         """Release connections; the default has none."""
 

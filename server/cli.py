@@ -1,17 +1,22 @@
-"""The ``mlipserve`` command line: ``serve`` starts the HTTP server, ``models`` lists the registered models."""
+"""The ``mlipserve`` command line: ``serve`` starts the HTTP server, ``worker`` serves a model from Redis,
+``models`` lists the registered models."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from ..models.registry import DEFAULT_MODEL, DEFAULT_MODEL_DIR, ModelRegistry
 from .batching import BatchPolicy
 from .config import ServerSettings
+from .redis_worker import RedisWorkerSettings
 from .validation import StructureLimits
+
+REDIS_ENV = "MLIPSERVE_REDIS_URL"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_dir(serve)
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if available; default)")
-    serve.add_argument(
-        "--batch-atoms",
-        type=int,
-        default=None,
-        help="atom budget of a batch (default: 128 on the CPU, 8192 on a GPU)",
-    )
-    serve.add_argument(
-        "--max-wait-ms", type=float, default=defaults.batch.max_wait * 1000, help="how long a batch waits to fill"
-    )
+    _add_batching(serve)
     limits = defaults.limits
     serve.add_argument("--max-atoms-per-structure", type=int, default=limits.max_atoms)
     serve.add_argument("--max-atoms-per-request", type=int, default=defaults.max_atoms_per_request)
@@ -47,13 +44,57 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--min-distance", type=float, default=limits.min_distance, help="reject atoms closer than this (Å)"
     )
+    serve.add_argument(
+        "--queue-limit",
+        type=int,
+        default=defaults.queue_limit,
+        help="structures queued (per model in Redis mode) beyond which requests get 503 (default %(default)s)",
+    )
     serve.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores)")
+    serve.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_ENV),
+        metavar="URL",
+        help=f"send work to `mlipserve worker` processes through this Redis instead of running models here "
+        f"(default: ${REDIS_ENV}, else embedded mode)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    worker = commands.add_parser("worker", help="serve one model from a Redis queue (run one per GPU or process)")
+    worker.add_argument("--model", required=True, metavar="NAME", help="the model this worker serves")
+    worker.add_argument("--redis", default=os.environ.get(REDIS_ENV), metavar="URL", help=f"default ${REDIS_ENV}")
+    worker.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if available; default)")
+    _add_model_dir(worker)
+    _add_batching(worker)
+    worker_defaults = RedisWorkerSettings(redis_url="", model="")
+    worker.add_argument(
+        "--claim-idle",
+        type=float,
+        default=worker_defaults.claim_idle,
+        help="take over tasks another worker has held this long, in s (default %(default)s)",
+    )
+    worker.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=worker_defaults.max_deliveries,
+        help="dead-letter a task after this many deliveries (default %(default)s)",
+    )
+    worker.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     models = commands.add_parser("models", help="list registered models and whether their files are installed")
     _add_model_dir(models)
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _add_batching(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-atoms", type=int, default=None, help="atom budget of a batch (default: 128 on the CPU, 8192 on a GPU)"
+    )
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=BatchPolicy().max_wait * 1000, help="how long a batch waits to fill"
+    )
 
 
 def _add_model_dir(parser: argparse.ArgumentParser) -> None:
@@ -71,10 +112,11 @@ def serve(args: argparse.Namespace) -> None:
     from .app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    default_models = () if args.redis else (DEFAULT_MODEL,)
     settings = ServerSettings(
         host=args.host,
         port=args.port,
-        models=tuple(args.models or [DEFAULT_MODEL]),
+        models=tuple(args.models or default_models),
         model_dir=args.model_dir,
         device=args.device,
         limits=StructureLimits(max_atoms=args.max_atoms_per_structure, min_distance=args.min_distance),
@@ -82,9 +124,29 @@ def serve(args: argparse.Namespace) -> None:
         max_atoms_per_request=args.max_atoms_per_request,
         batch=BatchPolicy(max_atoms=args.batch_atoms, max_wait=args.max_wait_ms / 1000),
         torch_threads=args.threads,
+        redis_url=args.redis,
+        queue_limit=args.queue_limit,
     )
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+
+
+def worker(args: argparse.Namespace) -> None:
+    from .redis_worker import run_worker
+
+    if not args.redis:
+        raise SystemExit(f"mlipserve worker needs --redis URL (or ${REDIS_ENV})")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = RedisWorkerSettings(
+        redis_url=args.redis,
+        model=args.model,
+        device=args.device,
+        batch=BatchPolicy(max_atoms=args.batch_atoms, max_wait=args.max_wait_ms / 1000),
+        claim_idle=args.claim_idle,
+        max_deliveries=args.max_deliveries,
+        torch_threads=args.threads,
+    )
+    run_worker(settings, ModelRegistry(args.model_dir))
 
 
 def list_models(args: argparse.Namespace) -> None:
@@ -107,7 +169,7 @@ def list_models(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    {"serve": serve, "models": list_models}[args.command](args)
+    {"serve": serve, "worker": worker, "models": list_models}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    #: Models this server hosts in its embedded workers, loaded at start-up.
+    #: Models this server hosts in its embedded workers, loaded at start-up; in Redis mode, the models whose
+    #: workers /readyz waits for (the first is the default model of requests in both modes).
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     model_dir: Path = DEFAULT_MODEL_DIR
     #: "auto" picks CUDA when available.
@@ -26,6 +27,17 @@ class ServerSettings:
     max_atoms_per_request: int = 200_000
     #: Structures accepted but not yet running, over all models; beyond it requests get 503.
     queue_limit: int = 100_000
+    #: Structures in one job (POST /v1/jobs); beyond it the job is refused with 413.
+    max_structures_per_job: int = 1_000_000
+    #: Seconds a finished job (and its results) is kept before it is forgotten.
+    job_ttl: float = 24 * 3600.0
     batch: BatchPolicy = field(default_factory=BatchPolicy)
     #: torch threads per worker; None uses every core available to the process.
     torch_threads: int | None = None
+    #: With a Redis URL, requests go to standalone workers (`mlipserve worker`) through Redis Streams and no model
+    #: is loaded in the server; without one, the models above run in this process (embedded mode).
+    redis_url: str | None = None
+    #: Seconds a result stream is kept in Redis after its last write.
+    result_ttl: float = 3600.0
+    #: Seconds a request waits for its results before a 504.
+    request_timeout: float = 3600.0

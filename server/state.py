@@ -92,11 +92,14 @@ class AppState:
             )
 
     def prepare_tasks(
-        self, structures: Sequence[Any], card: ModelCard, properties: tuple[str, ...]
+        self, structures: Sequence[Any], card: ModelCard, properties: tuple[str, ...], start: int = 0
     ) -> list[Task | StructureError]:
-        """Decode and validate each structure: a Task for each good one, the error for each bad one."""
+        """Decode and validate each structure: a Task for each good one, the error for each bad one.
+
+        Error messages number the structures from ``start`` (a job prepares its structures a slice at a time).
+        """
         prepared: list[Task | StructureError] = []
-        for index, data in enumerate(structures):
+        for index, data in enumerate(structures, start):
             try:
                 system = decode_structure(index, data)
                 validate_structure(index, system, card, self.settings.limits)

@@ -128,3 +128,6 @@ def server_url(server: RunningServer) -> str:
 def client(server_url: str) -> Iterator[Client]:
     with Client(server_url, progress=False) as c:
         yield c
+
+
+pytest_plugins = ["tests.redis_fixtures"]

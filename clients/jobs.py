@@ -1,0 +1,75 @@
+"""What :class:`~.client.Client` and :class:`~.client.AsyncClient` share for server-side jobs (``/v1/jobs``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .encoding import encode_structure
+from .results import RequestFailed, Result
+
+FINAL_STATES = frozenset({"done", "cancelled", "failed"})
+
+
+def job_body(structures: Any, properties: Sequence[str], model: str | None, settings: Any) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/jobs``: the structures encoded as :meth:`Client.predict` sends them."""
+    if not isinstance(structures, (list, tuple)):
+        structures = [structures]
+    return settings.body([encode_structure(s) for s in structures], properties, model)
+
+
+def upload_fields(properties: Sequence[str], model: str | None, settings: Any) -> dict[str, str]:
+    """The form fields that go with an uploaded extxyz file."""
+    fields = {"properties": ",".join(properties)}
+    if model or settings.model:
+        fields["model"] = model or settings.model
+    return fields
+
+
+def upload_file(path: str | Path, handle: Any) -> dict[str, tuple[str, Any, str]]:
+    return {"file": (Path(path).name, handle, "chemical/x-extxyz")}
+
+
+def results_path(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}/results"
+
+
+def decode_line(line: str | bytes, model: dict[str, Any]) -> tuple[int, Result]:
+    """One NDJSON line of a results stream: its index and its :class:`Result`."""
+    entry = orjson.loads(line)
+    index = entry.pop("index")
+    return index, Result.from_entry(index, 0, entry, model)
+
+
+def check_finished(status: dict[str, Any]) -> None:
+    """Raise :class:`RequestFailed` unless the job ended with every structure evaluated."""
+    state = status["state"]
+    if state == "failed":
+        raise RequestFailed(None, "job_failed", f"job {status['id']} failed: {status['error']}")
+    if state == "cancelled":
+        raise RequestFailed(None, "job_cancelled", f"job {status['id']} was cancelled")
+
+
+def collect(results: list[Result], status: dict[str, Any], errors: str) -> list[Result]:
+    """The results of a finished job, as :meth:`Client.predict` returns them (``errors`` "raise" or "return")."""
+    if len(results) != status["total"]:
+        raise RequestFailed(
+            None, "incomplete_job", f"job {status['id']}: got {len(results)} results of {status['total']}"
+        )
+    if errors == "raise":
+        for result in results:
+            if result.error is not None:
+                raise result.error
+    return results
+
+
+def show_progress(bar: Any, status: dict[str, Any]) -> None:
+    """Move a tqdm bar to the job's ``done`` of ``total``."""
+    if status["total"] is not None and bar.total != status["total"]:
+        bar.total = status["total"]
+        bar.refresh()
+    if status["done"] > bar.n:
+        bar.update(status["done"] - bar.n)

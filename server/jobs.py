@@ -1,0 +1,359 @@
+"""Asynchronous jobs: large sets of structures evaluated in the background, their results streamed in order.
+
+A job holds the structures of one ``POST /v1/jobs`` (a JSON list, or the frames of an uploaded extxyz file). Its
+runner decodes and validates them in a thread, slice by slice, and submits the good ones to the broker in chunks,
+several chunks in flight at once so that the workers stay busy while other requests still get their turn in the
+queue. Each structure's result entry is kept, serialised, until the job is forgotten ``job_ttl`` seconds after it
+ended. Jobs live in this process's memory: they do not survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import io
+import logging
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+import orjson
+
+from ..models.cards import ModelCard
+from .errors import RequestError, StructureError
+from .state import AppState, ModelStatus, model_info
+from .tasks import Task, TaskResult
+
+log = logging.getLogger(__name__)
+
+#: Structures decoded per thread call, and (at most) per broker submission.
+CHUNK_STRUCTURES = 64
+#: Chunks of one job submitted to the broker and not yet answered.
+CHUNKS_IN_FLIGHT = 4
+#: How long a chunk the broker refuses with 503 (queue full, no worker...) is retried before the job fails, seconds.
+RETRY_FOR = 600.0
+#: First and longest wait between those retries, seconds (a Retry-After from the broker takes precedence).
+RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.5, 15.0
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+FINAL_STATES = frozenset({JobState.DONE, JobState.CANCELLED, JobState.FAILED})
+
+
+class JobFailed(Exception):
+    """The job as a whole cannot go on; the message becomes the job's ``error``."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One job's progress and results. Mutated only on the event loop."""
+
+    id: str
+    model: str
+    properties: tuple[str, ...]
+    total: int | None = None
+    state: JobState = JobState.QUEUED
+    #: Structures with a result entry, and those of them that are error entries.
+    done: int = 0
+    errors: int = 0
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    error: str | None = None
+    #: The ``model`` block of a /v1/predict response; refined with the worker's dtype and device once known.
+    model_info: dict[str, str] | None = None
+    #: One NDJSON line per structure, in input order; None until its result arrives.
+    lines: list[bytes | None] = field(default_factory=list, repr=False)
+    #: Length of the prefix of ``lines`` that is complete (what a results stream may send).
+    ready: int = 0
+    #: Whether ``model_info`` names the dtype and device of a worker that evaluated this job's structures.
+    worker_known: bool = False
+    runner: asyncio.Task[None] | None = field(default=None, repr=False)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def status(self) -> dict[str, Any]:
+        """The body of ``GET /v1/jobs/{id}``."""
+        return {
+            "id": self.id,
+            "model": self.model,
+            "state": self.state.value,
+            "total": self.total,
+            "done": self.done,
+            "errors": self.errors,
+            "created": _timestamp(self.created),
+            "finished": None if self.finished is None else _timestamp(self.finished),
+            "error": self.error,
+            "model_info": self.model_info,
+        }
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self.lines = [None] * total
+        self._notify()
+
+    def record(self, entries: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Keep the result entries ``(index, entry)`` of one chunk and count them as done."""
+        for index, entry in entries:
+            self.lines[index] = orjson.dumps({"index": index, **entry}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+            self.errors += "error" in entry
+        self.done += len(entries)
+        while self.ready < len(self.lines) and self.lines[self.ready] is not None:
+            self.ready += 1
+        self._notify()
+
+    def finish(self, state: JobState, error: str | None = None) -> None:
+        if self.final:
+            return
+        self.state, self.error, self.finished = state, error, time.time()
+        self._notify()
+
+    async def changed(self) -> None:
+        """Return at the next change of progress or state."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        # Wake every waiter once: waiters hold the old event, later waiters get a fresh one.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def stream(self, start: int = 0, max_lines: int = 256) -> AsyncIterator[bytes]:
+        """NDJSON lines from ``start`` on, in input order, as they become ready, until the job has ended."""
+        position = max(start, 0)
+        while True:
+            if position < self.ready:
+                end = min(self.ready, position + max_lines)
+                yield b"".join(self.lines[position:end])  # type: ignore[arg-type]
+                position = end
+            elif self.final:
+                return
+            else:
+                await self.changed()
+
+
+class JobManager:
+    """Holds this server's jobs and runs each one as an asyncio task; works with any :class:`~.broker.Broker`."""
+
+    def __init__(self, state: AppState, retry_for: float = RETRY_FOR):
+        self.state = state
+        self.retry_for = retry_for
+        self._jobs: dict[str, Job] = {}
+
+    def create(
+        self,
+        card: ModelCard,
+        status: ModelStatus,
+        properties: tuple[str, ...],
+        load: Callable[[], Awaitable[Sequence[Any]]],
+        total: int | None = None,
+    ) -> Job:
+        """Start a job on the structures that ``load`` returns (awaited by the runner, so it may decode a file)."""
+        self.forget_expired()
+        job = Job(id=uuid.uuid4().hex, model=card.name, properties=properties, total=total)
+        job.model_info = model_info(card, status)
+        self._jobs[job.id] = job
+        job.runner = asyncio.create_task(self._run(job, card, status, load), name=f"mlipserve-job-{job.id}")
+        return job
+
+    def get(self, job_id: str) -> Job:
+        self.forget_expired()
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise RequestError(
+                404, "unknown_job", f"no job {job_id!r} on this server (finished jobs are kept for a limited time)"
+            )
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Stop submitting the job's structures; chunks already submitted may still run on the workers."""
+        if job.final:
+            return
+        job.finish(JobState.CANCELLED)
+        if job.runner is not None:
+            job.runner.cancel()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Cancel every running job (at shutdown)."""
+        runners = [job.runner for job in self._jobs.values() if not job.final and job.runner is not None]
+        for job in list(self._jobs.values()):
+            self.cancel(job)
+        if runners:
+            await asyncio.wait(runners, timeout=timeout)
+
+    def forget_expired(self) -> None:
+        cutoff = time.time() - self.state.settings.job_ttl
+        expired = [job.id for job in self._jobs.values() if job.finished is not None and job.finished < cutoff]
+        for job_id in expired:
+            del self._jobs[job_id]
+
+    async def _run(
+        self, job: Job, card: ModelCard, status: ModelStatus, load: Callable[[], Awaitable[Sequence[Any]]]
+    ) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+        slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+
+        def chunk_ended(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            slots.release()
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # type: ignore[arg-type]
+
+        try:
+            job.state = JobState.RUNNING
+            structures = await load()
+            if job.final:
+                return
+            job.start(len(structures))
+            for start in range(0, len(structures), CHUNK_STRUCTURES):
+                part = structures[start : start + CHUNK_STRUCTURES]
+                prepared = await anyio.to_thread.run_sync(self._prepare, start, part, card, job.properties)
+                if job.final:  # cancelled while decoding: nothing more is submitted
+                    return
+                rejected = [(i, {"error": item.as_dict()}) for i, item in prepared if isinstance(item, StructureError)]
+                if rejected:
+                    job.record(rejected)
+                for chunk in self._split([(i, item) for i, item in prepared if isinstance(item, Task)]):
+                    await slots.acquire()
+                    if failures:
+                        raise failures[0]
+                    if job.final:
+                        return
+                    task = asyncio.create_task(self._submit_chunk(job, chunk, card, status))
+                    in_flight.add(task)
+                    task.add_done_callback(chunk_ended)
+            if in_flight:
+                await asyncio.wait(set(in_flight))
+            if failures:
+                raise failures[0]
+            job.finish(JobState.DONE)
+        except JobFailed as error:
+            job.finish(JobState.FAILED, str(error))
+        except asyncio.CancelledError:
+            job.finish(JobState.CANCELLED)
+            raise
+        except Exception as error:  # a bug or a broken broker: the job must not stay 'running' forever
+            log.exception("job %s failed", job.id)
+            job.finish(JobState.FAILED, f"{type(error).__name__}: {error}")
+        finally:
+            for task in list(in_flight):
+                task.cancel()
+
+    def _prepare(
+        self, start: int, structures: Sequence[Any], card: ModelCard, properties: tuple[str, ...]
+    ) -> list[tuple[int, Task | StructureError]]:
+        """Decode and validate structures ``start, start + 1, ...`` exactly as /v1/predict does."""
+        return list(enumerate(self.state.prepare_tasks(structures, card, properties, start), start))
+
+    def _split(self, tasks: list[tuple[int, Task]]) -> Iterator[list[tuple[int, Task]]]:
+        """Chunks within CHUNK_STRUCTURES, the per-request atom limit and a share of the broker's queue limit."""
+        settings = self.state.settings
+        size = max(1, min(CHUNK_STRUCTURES, settings.queue_limit // CHUNKS_IN_FLIGHT))
+        limit = settings.max_atoms_per_request
+        chunk: list[tuple[int, Task]] = []
+        atoms = 0
+        for item in tasks:
+            n = item[1].n_atoms
+            if chunk and (len(chunk) >= size or atoms + n > limit):
+                yield chunk
+                chunk, atoms = [], 0
+            chunk.append(item)
+            atoms += n
+        if chunk:
+            yield chunk
+
+    async def _submit_chunk(
+        self, job: Job, chunk: list[tuple[int, Task]], card: ModelCard, status: ModelStatus
+    ) -> None:
+        results = await self._submit([task for _, task in chunk])
+        if job.final:
+            return
+        if not job.worker_known and any(result.worker for result in results):
+            job.model_info, job.worker_known = model_info(card, status, results), True
+        job.record(
+            [
+                (index, result.as_response(index, task.n_atoms, job.properties))
+                for (index, task), result in zip(chunk, results, strict=True)
+            ]
+        )
+
+    async def _submit(self, tasks: list[Task]) -> list[TaskResult]:
+        """Submit to the broker, retrying with backoff while it answers 503 (queue full, no worker...)."""
+        started = time.monotonic()
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                return await self.state.broker.submit(tasks)
+            except RequestError as error:
+                wait = min(error.retry_after or delay, RETRY_MAX_DELAY)
+                waited = time.monotonic() - started
+                if error.status != 503 or waited + wait > self.retry_for:
+                    suffix = f" (still refused after retrying for {waited:.0f} s)" if error.status == 503 else ""
+                    raise JobFailed(f"{error.code}: {error.message}{suffix}") from None
+                log.info("broker refused a job chunk (%s); retrying in %.1f s", error.code, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+                tasks = [dataclasses.replace(task, id=uuid.uuid4().hex) for task in tasks]
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def extxyz_first_frame_problem(text: str) -> str | None:
+    """Why ``text`` cannot be extxyz, judged from its first frame only (cheap); None when the first frame reads."""
+    from ase.io import read
+
+    lines = text.split("\n", 1)
+    try:
+        n_atoms = int(lines[0].strip())
+        if n_atoms < 0:
+            raise ValueError
+    except ValueError:
+        return f"the first line must be the number of atoms of the first frame, got {lines[0].strip()[:80]!r}"
+    head = "\n".join(text.split("\n", n_atoms + 2)[: n_atoms + 2])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frames = read(io.StringIO(head), index=":", format="extxyz")
+    except Exception as error:  # ase's reader raises many types on bad text
+        return f"the first frame: {error or type(error).__name__}"
+    return None if len(frames) == 1 else "the first frame could not be read"
+
+
+def read_extxyz_frames(text: str, limit: int) -> list[dict[str, Any]]:
+    """Every frame of an extxyz file, as request structures; JobFailed when unreadable or above ``limit``."""
+    from ase.io import read
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frames = read(io.StringIO(text), index=":", format="extxyz")
+    except Exception as error:  # ase's reader raises many types on bad text
+        raise JobFailed(f"unparsable_text: could not read the extxyz file: {error or type(error).__name__}") from None
+    if not frames:
+        raise JobFailed("no_structures: the extxyz file holds no structures")
+    if len(frames) > limit:
+        raise JobFailed(
+            f"too_many_structures: the file holds {len(frames)} structures, more than this server's limit of "
+            f"{limit} per job"
+        )
+    return [
+        {"numbers": atoms.numbers, "positions": atoms.positions, "cell": atoms.cell.array, "pbc": atoms.pbc}
+        for atoms in frames
+    ]

@@ -1,0 +1,179 @@
+"""The HTTP routes of asynchronous jobs: ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, its results, ``DELETE``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from .errors import RequestError
+from .jobs import Job, JobManager, extxyz_first_frame_problem, read_extxyz_frames
+from .schemas import ErrorResponse, ModelInfo, PredictRequest
+from .state import AppState
+
+JOB_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (404, 413, 422, 503)
+}
+
+JOB_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "extxyz text, any number of frames"},
+                    "model": {"type": "string", "description": "model name; default: the server's first model"},
+                    "properties": {"type": "string", "description": "comma-separated, e.g. energy,forces"},
+                },
+            }
+        },
+    },
+}
+
+
+class JobCreated(BaseModel):
+    id: str
+    state: Literal["queued", "running", "done", "cancelled", "failed"]
+    model: str
+    total: int | None = Field(description="Structures in the job; null until an uploaded file has been read.")
+
+
+class JobStatus(JobCreated):
+    done: int = Field(description="Structures with a result entry (errors included).")
+    errors: int = Field(description="Structures whose entry is an error.")
+    created: str = Field(description="ISO 8601, UTC.")
+    finished: str | None = Field(description="ISO 8601, UTC; null while the job runs.")
+    error: str | None = Field(description="Why the job failed as a whole; null otherwise.")
+    model_info: ModelInfo | None = Field(description="The `model` block a /v1/predict response would carry.")
+
+
+def create_jobs_router(state: AppState, jobs: JobManager) -> APIRouter:
+    """The four job routes; errors are RequestErrors, answered by the app's handler."""
+    router = APIRouter(tags=["jobs"])
+
+    @router.post(
+        "/v1/jobs",
+        status_code=202,
+        response_model=None,
+        responses={202: {"model": JobCreated}, **JOB_ERROR_RESPONSES},
+        openapi_extra={"requestBody": JOB_REQUEST_BODY},
+    )
+    async def submit_job(request: Request) -> JSONResponse:
+        """Start a job on a large set of structures; answers 202 at once, before any structure is decoded.
+
+        The body is /v1/predict's JSON, or a multipart upload: an extxyz file in field `file` (any number of
+        frames) and optional fields `model` and `properties` (comma-separated).
+        """
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            model, properties, text = await _read_upload(request)
+            card, status = await state.serving_card(model)
+            limit = state.settings.max_structures_per_job
+
+            async def load() -> Sequence[Any]:
+                return await anyio.to_thread.run_sync(read_extxyz_frames, text, limit)
+
+            job = jobs.create(card, status, properties, load)
+        else:
+            body = await _read_json(request)
+            card, status = await state.serving_card(body.model)
+            _check_job_size(state, len(body.structures))
+            structures = body.structures
+
+            async def load() -> Sequence[Any]:
+                return structures
+
+            job = jobs.create(card, status, tuple(dict.fromkeys(body.properties)), load, total=len(structures))
+        created = {key: job.status()[key] for key in ("id", "state", "model", "total")}
+        return JSONResponse(created, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    @router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorResponse}})
+    async def job_status(job_id: str) -> dict[str, Any]:
+        """A job's state and progress."""
+        return jobs.get(job_id).status()
+
+    @router.get(
+        "/v1/jobs/{job_id}/results",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"application/x-ndjson": {}},
+                "description": 'One line per structure in input order: {"index": i, ...} with the entry '
+                "/v1/predict would give as results[i]. Streams while the job runs; ends when it has ended.",
+            },
+            404: {"model": ErrorResponse},
+        },
+    )
+    async def job_results(
+        job_id: str, start: int = Query(0, ge=0, description="First index to send (to resume a broken stream).")
+    ) -> StreamingResponse:
+        """The job's result entries, in input order, as NDJSON; for a cancelled or failed job, the finished prefix."""
+        job: Job = jobs.get(job_id)
+        return StreamingResponse(job.stream(start), media_type="application/x-ndjson")
+
+    @router.delete("/v1/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorResponse}})
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a job: structures not yet submitted never will be. Answers the job's status."""
+        job = jobs.get(job_id)
+        jobs.cancel(job)
+        return job.status()
+
+    return router
+
+
+async def _read_json(request: Request) -> PredictRequest:
+    body = await request.body()
+    try:
+        return await anyio.to_thread.run_sync(PredictRequest.model_validate_json, body)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
+
+
+async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], str]:
+    """The model, properties and file text of a multipart upload; 422 for a missing or unreadable file."""
+    async with request.form() as form:
+        upload = form.get("file")
+        model = form.get("model")
+        properties = form.get("properties")
+        if not isinstance(upload, UploadFile):
+            raise RequestError(422, "invalid_request", "the upload needs the extxyz file in a file field named 'file'")
+        data = await upload.read()
+    fields: dict[str, Any] = {"model": model or None, "structures": []}
+    if properties:
+        fields["properties"] = [name.strip() for name in str(properties).split(",") if name.strip()]
+    try:
+        parsed = PredictRequest.model_validate(fields)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(422, "unparsable_text", "the uploaded file is not UTF-8 text (expected extxyz)") from None
+    if not text.strip():
+        raise RequestError(422, "no_structures", "the uploaded file is empty")
+    problem = await anyio.to_thread.run_sync(extxyz_first_frame_problem, text)
+    if problem:
+        raise RequestError(422, "unparsable_text", f"could not read the uploaded file as extxyz: {problem}")
+    return parsed.model, tuple(dict.fromkeys(parsed.properties)), text
+
+
+def _check_job_size(state: AppState, n_structures: int) -> None:
+    if n_structures == 0:
+        raise RequestError(422, "no_structures", "the job has no structures")
+    limit = state.settings.max_structures_per_job
+    if n_structures > limit:
+        raise RequestError(
+            413,
+            "too_many_structures",
+            f"the job holds {n_structures} structures, more than this server's limit of {limit} per job; "
+            "split it into several jobs",
+        )

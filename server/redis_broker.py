@@ -1,0 +1,199 @@
+"""The Redis broker (server side): tasks go out on per-model streams, results come back on this server's stream.
+
+Results are read by one task blocking on XREAD, so waiting requests cost no polling. When Redis goes away, waiting
+requests fail with 503 at once and new ones get 503 until it is back; the broker reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import redis_layout as layout
+from .broker import Broker
+from .codec import decode_result, encode_task
+from .errors import RequestError
+from .state import ModelState, ModelStatus
+from .tasks import Task, TaskResult
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def redis_unavailable(error: Exception) -> RequestError:
+    return RequestError(503, "redis_unavailable", f"the queue (Redis) is unreachable: {error}", retry_after=2.0)
+
+
+class RedisBroker(Broker):
+    """Submit tasks to Redis Streams and await their results."""
+
+    def __init__(self, url: str, queue_limit: int = 100_000, result_ttl: float = 3600.0, timeout: float = 3600.0):
+        self.redis = aioredis.Redis.from_url(
+            url,
+            socket_keepalive=True,
+            socket_connect_timeout=2.0,
+            retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self.queue_limit = queue_limit
+        self.result_ttl = result_ttl
+        self.timeout = timeout
+        self.server_id = uuid.uuid4().hex[:12]
+        self.replies = layout.reply_stream(self.server_id)
+        self._waiting: dict[str, asyncio.Future[TaskResult]] = {}
+        self._groups: set[str] = set()
+        self._reader: asyncio.Task | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_results(), name="mlipserve-results")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader:
+            self._reader.cancel()
+            # redis-py may hold a cancelled blocking read until its socket returns; do not wait on it for long
+            await asyncio.wait({self._reader}, timeout=2.0)
+        with contextlib.suppress(RedisError):
+            await self.redis.delete(self.replies)
+        await self.redis.aclose()
+
+    async def submit(self, tasks: Sequence[Task]) -> list[TaskResult]:
+        if not tasks:
+            return []
+        loop = asyncio.get_running_loop()
+        futures = {task.id: loop.create_future() for task in tasks}
+        self._waiting.update(futures)
+        try:
+            try:
+                await self._enqueue(tasks)
+            except UNAVAILABLE as error:
+                raise redis_unavailable(error) from None
+            try:
+                return list(await asyncio.wait_for(asyncio.gather(*futures.values()), self.timeout))
+            except TimeoutError:
+                raise RequestError(504, "timeout", f"no result within {self.timeout:g} s") from None
+        finally:
+            for task_id, future in futures.items():
+                self._waiting.pop(task_id, None)
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: gather reports only the first failure
+                else:
+                    future.cancel()
+
+    async def _enqueue(self, tasks: Sequence[Task]) -> None:
+        by_model: dict[str, list[Task]] = {}
+        for task in tasks:
+            by_model.setdefault(task.model, []).append(task)
+        for model, model_tasks in by_model.items():
+            stream = layout.task_stream(model)
+            await self._ensure_group(stream)
+            queued = await self.redis.xlen(stream)
+            if queued + len(model_tasks) > self.queue_limit:
+                raise RequestError(
+                    503, "queue_full", f"{queued} structures are queued for {model}, at the limit", retry_after=5.0
+                )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task in model_tasks:
+                    pipe.xadd(stream, {"m": encode_task(task, self.replies)})
+                await pipe.execute()
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(stream, layout.GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self._groups.add(stream)
+
+    async def _read_results(self) -> None:
+        """Resolve waiting requests from this server's result stream; on connection loss, fail them (503)."""
+        last_id = "0-0"
+        backoff = 0.2
+        while not self._closing:
+            try:
+                reply = await self.redis.xread({self.replies: last_id}, count=1024, block=1000)
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE as error:
+                self._groups.clear()  # a restarted Redis has lost them
+                self._fail_waiting(redis_unavailable(error))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            done = []
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    done.append(entry_id)
+                    result = decode_result(fields[b"m"])
+                    future = self._waiting.get(result.task_id)
+                    if future is not None and not future.done():  # a reclaimed task may answer twice
+                        future.set_result(result)
+            if done:
+                with contextlib.suppress(UNAVAILABLE):
+                    await self.redis.xdel(self.replies, *done)
+
+    def _fail_waiting(self, error: RequestError) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+class RedisWorkerDirectory:
+    """The models served by live workers, read from their heartbeats (a :class:`~.state.ModelDirectory`).
+
+    Every registered model is routable in Redis mode; one without a live worker is reported as ``no_workers``.
+    """
+
+    def __init__(self, broker: RedisBroker, expected: Sequence[str] = (), cache_seconds: float = 1.0):
+        self.redis = broker.redis
+        self.expected = tuple(expected)
+        self.cache_seconds = cache_seconds
+        self._cache: tuple[float, dict[str, list[dict]]] | None = None
+
+    async def _workers(self, fresh: bool = False) -> dict[str, list[dict]]:
+        if not fresh and self._cache and time.monotonic() - self._cache[0] < self.cache_seconds:
+            return self._cache[1]
+        try:
+            keys = [key async for key in self.redis.scan_iter(match=layout.heartbeat_pattern(), count=500)]
+            beats = await self.redis.mget(keys) if keys else []
+        except UNAVAILABLE as error:
+            self._cache = None
+            raise redis_unavailable(error) from None
+        workers: dict[str, list[dict]] = {}
+        for key, beat in zip(keys, beats, strict=True):
+            if beat is not None:
+                workers.setdefault(layout.model_of_heartbeat(key.decode()), []).append(json.loads(beat))
+        self._cache = (time.monotonic(), workers)
+        return workers
+
+    async def status(self, name: str) -> ModelStatus:
+        """The model's status from heartbeats at most ``cache_seconds`` old (this runs for every request)."""
+        return _status((await self._workers()).get(name, []))
+
+    async def statuses(self) -> dict[str, ModelStatus]:
+        """Every model with a live worker or expected by the server, read afresh."""
+        workers = await self._workers(fresh=True)
+        return {name: _status(workers.get(name, [])) for name in dict.fromkeys([*self.expected, *workers])}
+
+
+def _status(workers: list[dict]) -> ModelStatus:
+    summary = [{key: worker.get(key) for key in ("id", "host", "device", "dtype", "version")} for worker in workers]
+    return ModelStatus(state=ModelState.READY if workers else ModelState.NO_WORKERS, workers=summary)

@@ -1,0 +1,38 @@
+"""Where mlipserve keeps things in Redis. One stream of tasks per model, read by a consumer group of workers.
+
+- ``mlipserve:tasks:<model>``: stream of tasks (field ``m``: a msgpack task); consumer group ``workers``.
+- ``mlipserve:dead:<model>``: dead-letter stream of tasks that failed too often (a worker died on them each time).
+- ``mlipserve:replies:<server>``: stream of results for one server process (field ``m``: a msgpack result),
+  expiring ``result_ttl`` seconds after its last write.
+- ``mlipserve:workers:<model>:<worker>``: a worker's heartbeat (JSON), expiring unless refreshed.
+"""
+
+from __future__ import annotations
+
+GROUP = "workers"
+PREFIX = "mlipserve"
+
+
+def task_stream(model: str) -> str:
+    return f"{PREFIX}:tasks:{model}"
+
+
+def dead_letter_stream(model: str) -> str:
+    return f"{PREFIX}:dead:{model}"
+
+
+def reply_stream(server_id: str) -> str:
+    return f"{PREFIX}:replies:{server_id}"
+
+
+def heartbeat_key(model: str, worker_id: str) -> str:
+    return f"{PREFIX}:workers:{model}:{worker_id}"
+
+
+def heartbeat_pattern(model: str = "*") -> str:
+    return f"{PREFIX}:workers:{model}:*"
+
+
+def model_of_heartbeat(key: str) -> str:
+    """The model name in a heartbeat key (model names may contain ':')."""
+    return key[len(f"{PREFIX}:workers:") :].rsplit(":", 1)[0]
