@@ -33,6 +33,9 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 
+#: Seconds below which a blocking read is not trusted to time out on time (Redis's default cron runs at 10 Hz).
+SHORTEST_REDIS_BLOCK = 0.1
+
 
 @dataclass(frozen=True)
 class RedisWorkerSettings:
@@ -76,11 +79,7 @@ class RedisTaskSource:
         try:
             tasks = self._reclaim(max_tasks)
             if not tasks:
-                block = max(int(timeout * 1000), 1)
-                reply = self.redis.xreadgroup(
-                    layout.GROUP, self.consumer, {self.stream: ">"}, count=max_tasks, block=block
-                )
-                tasks = [self._accept(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
+                tasks = self._read_new(max_tasks, timeout)
             return [task for task in tasks if task is not None]
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
@@ -88,6 +87,19 @@ class RedisTaskSource:
             log.warning("task stream %s has no consumer group (Redis restarted?); recreating it", self.stream)
             self.ensure_group()
             return []
+
+    def _read_new(self, max_tasks: int, timeout: float) -> list[Task | None]:
+        """Up to ``max_tasks`` new tasks, waiting at most ``timeout`` s for the first.
+
+        Redis wakes a blocked reader as soon as a task arrives, but times a BLOCK out only on its server cron
+        (10 Hz by default), so a short wait (a batch's few milliseconds) is slept here and the read does not block.
+        """
+        block: int | None = int(timeout * 1000)
+        if timeout < SHORTEST_REDIS_BLOCK:
+            time.sleep(max(timeout, 0.0))
+            block = None
+        reply = self.redis.xreadgroup(layout.GROUP, self.consumer, {self.stream: ">"}, count=max_tasks, block=block)
+        return [self._accept(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
 
     def _reclaim(self, max_tasks: int) -> list[Task | None]:
         """Take over tasks left idle by dead workers; dead-letter those delivered too often."""
