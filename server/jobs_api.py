@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from .errors import RequestError
 from .jobs import Job, JobManager, extxyz_first_frame_problem, read_extxyz_frames
 from .schemas import ErrorResponse, ModelInfo, PredictRequest
-from .state import AppState
+from .state import AppState, check_structure_count
 
 JOB_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (404, 413, 422, 503)
@@ -167,13 +167,4 @@ async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], s
 
 
 def _check_job_size(state: AppState, n_structures: int) -> None:
-    if n_structures == 0:
-        raise RequestError(422, "no_structures", "the job has no structures")
-    limit = state.settings.max_structures_per_job
-    if n_structures > limit:
-        raise RequestError(
-            413,
-            "too_many_structures",
-            f"the job holds {n_structures} structures, more than this server's limit of {limit} per job; "
-            "split it into several jobs",
-        )
+    check_structure_count(n_structures, state.settings.max_structures_per_job, "job", "into several jobs")

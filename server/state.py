@@ -80,16 +80,9 @@ class AppState:
         return card, status
 
     def check_request_size(self, n_structures: int) -> None:
-        if n_structures == 0:
-            raise RequestError(422, "no_structures", "the request has no structures")
-        limit = self.settings.max_structures_per_request
-        if n_structures > limit:
-            raise RequestError(
-                413,
-                "too_many_structures",
-                f"the request holds {n_structures} structures, more than this server's limit of {limit}; "
-                "split it (the Python client does this for you)",
-            )
+        check_structure_count(
+            n_structures, self.settings.max_structures_per_request, "request", "the Python client splits for you"
+        )
 
     def prepare_tasks(
         self, structures: Sequence[Any], card: ModelCard, properties: tuple[str, ...], start: int = 0
@@ -119,6 +112,19 @@ class AppState:
                 f"the request holds {total} atoms, more than this server's limit of {limit} per request; "
                 "split it (the Python client does this for you)",
             )
+
+
+def check_structure_count(n_structures: int, limit: int, what: str, advice: str) -> None:
+    """Refuse an empty ``what`` (request or job) with 422, and one over ``limit`` structures with 413."""
+    if n_structures == 0:
+        raise RequestError(422, "no_structures", f"the {what} has no structures")
+    if n_structures > limit:
+        raise RequestError(
+            413,
+            "too_many_structures",
+            f"the {what} holds {n_structures} structures, more than this server's limit of {limit} per {what}; "
+            f"split it ({advice})",
+        )
 
 
 def response_entries(
