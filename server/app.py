@@ -54,7 +54,7 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
     directory: ModelDirectory
     host: EmbeddedModelHost | None = None
     if settings.redis_url:
-        broker = RedisBroker(settings.redis_url, settings.queue_limit, settings.result_ttl, settings.request_timeout)
+        broker = RedisBroker(settings.redis_url, settings.queue_limit, settings.request_timeout)
         directory = RedisWorkerDirectory(broker, expected=settings.models)
     else:
         broker = EmbeddedBroker(queue_limit=settings.queue_limit)

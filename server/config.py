@@ -37,7 +37,5 @@ class ServerSettings:
     #: With a Redis URL, requests go to standalone workers (`mlipserve worker`) through Redis Streams and no model
     #: is loaded in the server; without one, the models above run in this process (embedded mode).
     redis_url: str | None = None
-    #: Seconds a result stream is kept in Redis after its last write.
-    result_ttl: float = 3600.0
     #: Seconds a request waits for its results before a 504.
     request_timeout: float = 3600.0

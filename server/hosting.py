@@ -90,10 +90,6 @@ class EmbeddedModelHost:
         for thread in self._threads:
             thread.join(timeout)
 
-    @property
-    def ready(self) -> bool:
-        return all(hosted.state is ModelState.READY for hosted in self.models.values())
-
     async def status(self, name: str) -> ModelStatus | None:
         hosted = self.models.get(name)
         if hosted is None:

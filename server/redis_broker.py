@@ -40,7 +40,7 @@ def redis_unavailable(error: Exception) -> RequestError:
 class RedisBroker(Broker):
     """Submit tasks to Redis Streams and await their results."""
 
-    def __init__(self, url: str, queue_limit: int = 100_000, result_ttl: float = 3600.0, timeout: float = 3600.0):
+    def __init__(self, url: str, queue_limit: int = 100_000, timeout: float = 3600.0):
         self.redis = aioredis.Redis.from_url(
             url,
             socket_keepalive=True,
@@ -49,7 +49,6 @@ class RedisBroker(Broker):
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self.queue_limit = queue_limit
-        self.result_ttl = result_ttl
         self.timeout = timeout
         self.server_id = uuid.uuid4().hex[:12]
         self.replies = layout.reply_stream(self.server_id)

@@ -7,9 +7,9 @@ described by :class:`ArraysStructure`, :class:`TextStructure` and pymatgen's ``a
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ..models.registry import DEFAULT_MODEL
 
@@ -40,6 +40,24 @@ STRUCTURE_FORMS_DOC = (
 )
 
 
+#: Structures are decoded one by one (see the module docstring); the schema still shows their accepted forms.
+StructureList = Annotated[
+    list[dict[str, Any]],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    ArraysStructure.model_json_schema(),
+                    TextStructure.model_json_schema(),
+                    {"type": "object", "title": "PymatgenDict", "description": "Structure/Molecule.as_dict()"},
+                ]
+            },
+        }
+    ),
+]
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -65,7 +83,7 @@ class PredictRequest(BaseModel):
         description=f"Model name, as listed by GET /v1/models; default: the server's first served model "
         f"({DEFAULT_MODEL} unless started otherwise).",
     )
-    structures: list[dict[str, Any]] = Field(description=STRUCTURE_FORMS_DOC)
+    structures: StructureList = Field(description=STRUCTURE_FORMS_DOC)
     properties: list[Property] = Field(["energy", "forces", "stress"], description="What to compute.")
 
 

@@ -91,15 +91,19 @@ class SevenNetPotential(Potential):
             raise CardError(f"{card.name}: set options.modal in the card to one of {sorted(modal_map)}")
         return str(modal)
 
+    def check(self, system: AtomicSystem) -> None:
+        """Reject elements the checkpoint has no type index for (sevenn would map them to -1 silently)."""
+        unknown = set(np.unique(system.numbers).tolist()) - set(self.type_map)
+        if unknown:
+            symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
+            raise StructureRejected("unknown_element", f"{self.card.name} does not know {symbols}")
+
     def predict_batch(
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
     ) -> list[Prediction]:
         """Evaluate all ``systems`` in one forward pass; gradients are taken only for forces or stress."""
-        for index, system in enumerate(systems):
-            unknown = set(np.unique(system.numbers).tolist()) - set(self.type_map)
-            if unknown:
-                symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
-                raise StructureRejected("unknown_element", f"system {index}: {self.card.name} does not know {symbols}")
+        for system in systems:
+            self.check(system)  # the worker has checked already; a direct caller must not reach the -1 type index
         graph = build_graph(systems, self.cutoff)
         need_grad = FORCES in properties or STRESS in properties
         output = self._forward(graph, need_grad)
