@@ -27,6 +27,10 @@ DEFAULT_MODEL_DIR = Path("~/.mlipserve/models").expanduser()
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "sevennet": ("mlipserve.models.backends.sevennet", "sevenn", "sevenn"),
     "chgnet": ("mlipserve.models.backends.chgnet", "chgnet", "chgnet"),
+    "mtp": ("mlipserve.models.backends.mtp", "torch", "torch"),
+    "ace": ("mlipserve.models.backends.ace", "torch", "torch"),
+    "mace": ("mlipserve.models.backends.mace", "mace-torch", "mace"),
+    "nequip": ("mlipserve.models.backends.nequip", "torch", "torch"),
 }
 
 

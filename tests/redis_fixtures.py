@@ -16,7 +16,8 @@ import redis
 
 from .conftest import free_port
 
-TEST_DB = 15
+#: Database flushed by the tests; set MLIPSERVE_TEST_REDIS_DB to keep concurrent test runs apart.
+TEST_DB = int(os.environ.get("MLIPSERVE_TEST_REDIS_DB", "15"))
 
 
 class RedisServer:
