@@ -2,6 +2,15 @@
 
 from .calculator import RemoteCalculator
 from .client import AsyncClient, Client
-from .results import MLIPServeError, RequestFailed, Result, StructureFailed
+from .results import MLIPServeError, RelaxResult, RequestFailed, Result, StructureFailed
 
-__all__ = ["AsyncClient", "Client", "MLIPServeError", "RemoteCalculator", "RequestFailed", "Result", "StructureFailed"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "MLIPServeError",
+    "RelaxResult",
+    "RemoteCalculator",
+    "RequestFailed",
+    "Result",
+    "StructureFailed",
+]

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from tqdm.auto import tqdm
 
-from . import jobs
+from . import jobs, relaxing
 from .encoding import chunked, encode_structure
 from .results import RequestFailed, Result
 
@@ -112,6 +112,12 @@ def _collect(chunks: list[tuple[int, list[dict]]], payloads: list[dict[str, Any]
     return results
 
 
+def _relax_options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The relaxation options among a relax() call's arguments, as the request body names them."""
+    names = ("fmax", "max_steps", "relax_cell", "hydrostatic_strain", "scalar_pressure", "trajectory_every")
+    return {name: arguments[name] for name in names}
+
+
 def _prepare(structures: Any, chunk_size: int, chunk_atoms: int) -> tuple[bool, list[tuple[int, list[dict]]], int]:
     single = not isinstance(structures, (list, tuple))
     encoded = [encode_structure(s) for s in ([structures] if single else structures)]
@@ -156,6 +162,45 @@ class Client:
             with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
                 payloads = list(pool.map(send, chunks))
         results = _collect(chunks, payloads, errors)
+        return results[0] if single else results
+
+    def relax(
+        self,
+        structures: Any,
+        *,
+        model: str | None = None,
+        fmax: float = 0.05,
+        max_steps: int = 500,
+        relax_cell: bool = True,
+        hydrostatic_strain: bool = False,
+        scalar_pressure: float = 0.0,
+        trajectory_every: int = 0,
+        fixed: Sequence[Sequence[int] | None] | None = None,
+        output: str = "result",
+        errors: str = "raise",
+        progress: bool | None = None,
+    ) -> Any:
+        """Relax one structure or a list on the server (FIRE on atoms and cell; matbench-discovery defaults).
+
+        ``fixed`` gives each structure's fixed atom indices; by default they come from ase FixAtoms constraints.
+        Returns :class:`RelaxResult` objects (``output="result"``), ase.Atoms carrying the final energy, forces
+        and stress (``"ase"``), or pymatgen Structures/Molecules (``"pymatgen"``), in input order.
+        """
+        options = _relax_options(locals())
+        single, chunks, fixed_lists, total = relaxing.relax_chunks(
+            structures, fixed, self.settings.chunk_size, self.settings.chunk_atoms
+        )
+        with self.settings.progress_bar(total, progress) as bar:
+
+            def send(chunk: tuple[int, list[dict]]) -> dict[str, Any]:
+                body = relaxing.relax_body(chunk, fixed_lists, options, model or self.settings.model)
+                payload = self._post("/v1/relax", body)
+                bar.update(len(chunk[1]))
+                return payload
+
+            with ThreadPoolExecutor(max_workers=relaxing.RELAX_CONCURRENCY) as pool:
+                payloads = list(pool.map(send, chunks))
+        results = relaxing.relax_results(chunks, payloads, errors, output)
         return results[0] if single else results
 
     def submit_job(
@@ -311,6 +356,41 @@ class AsyncClient:
 
             payloads = await asyncio.gather(*(send(chunk) for chunk in chunks))
         results = _collect(chunks, list(payloads), errors)
+        return results[0] if single else results
+
+    async def relax(
+        self,
+        structures: Any,
+        *,
+        model: str | None = None,
+        fmax: float = 0.05,
+        max_steps: int = 500,
+        relax_cell: bool = True,
+        hydrostatic_strain: bool = False,
+        scalar_pressure: float = 0.0,
+        trajectory_every: int = 0,
+        fixed: Sequence[Sequence[int] | None] | None = None,
+        output: str = "result",
+        errors: str = "raise",
+        progress: bool | None = None,
+    ) -> Any:
+        """As :meth:`Client.relax`."""
+        options = _relax_options(locals())
+        single, chunks, fixed_lists, total = relaxing.relax_chunks(
+            structures, fixed, self.settings.chunk_size, self.settings.chunk_atoms
+        )
+        limit = asyncio.Semaphore(relaxing.RELAX_CONCURRENCY)
+        with self.settings.progress_bar(total, progress) as bar:
+
+            async def send(chunk: tuple[int, list[dict]]) -> dict[str, Any]:
+                body = relaxing.relax_body(chunk, fixed_lists, options, model or self.settings.model)
+                async with limit:
+                    payload = await self._request("POST", "/v1/relax", json=body)
+                bar.update(len(chunk[1]))
+                return payload
+
+            payloads = await asyncio.gather(*(send(chunk) for chunk in chunks))
+        results = relaxing.relax_results(chunks, list(payloads), errors, output)
         return results[0] if single else results
 
     async def models(self) -> list[dict[str, Any]]:

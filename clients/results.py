@@ -70,3 +70,51 @@ class Result:
             stress=None if stress is None else np.asarray(stress, dtype=np.float64),
             model=model,
         )
+
+
+@dataclass
+class RelaxResult(Result):
+    """One structure's relaxation: the final geometry and its energy, forces and stress, and how it ended."""
+
+    atoms: Any = None
+    steps: int | None = None
+    converged: bool | None = None
+    stop_reason: str | None = None
+    fmax: float | None = None
+    #: ase.Atoms frames (energy in ``atoms.info["energy"]``, step in ``atoms.info["step"]``) if requested.
+    trajectory: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def from_entry(cls, local_index: int, offset: int, entry: dict[str, Any], model: dict[str, Any]) -> RelaxResult:
+        base = Result.from_entry(local_index, offset, entry, model)
+        result = cls(**{name: getattr(base, name) for name in Result.__dataclass_fields__})
+        if base.error is not None:
+            return result
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        structure = entry["structure"]
+        atoms = Atoms(numbers=structure["numbers"], positions=structure["positions"], cell=structure["cell"])
+        atoms.pbc = structure["pbc"]
+        properties = {"energy": base.energy, "forces": base.forces}
+        if base.stress is not None:
+            properties["stress"] = base.stress_voigt
+        atoms.calc = SinglePointCalculator(atoms, **properties)
+        result.atoms = atoms
+        result.steps, result.converged = entry["steps"], entry["converged"]
+        result.stop_reason, result.fmax = entry["stop_reason"], entry["fmax"]
+        for frame in entry.get("trajectory") or []:
+            image = Atoms(numbers=atoms.numbers, positions=frame["positions"], cell=frame["cell"], pbc=atoms.pbc)
+            image.info.update(step=frame["step"], energy=frame["energy"])
+            result.trajectory.append(image)
+        return result
+
+    def to_pymatgen(self) -> Any:
+        """The relaxed geometry as a pymatgen Structure (periodic) or Molecule."""
+        if self.atoms is None:
+            return None
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        if self.atoms.pbc.all():
+            return AseAtomsAdaptor.get_structure(self.atoms)
+        return AseAtomsAdaptor.get_molecule(self.atoms)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -26,8 +27,16 @@ from .hosting import EmbeddedModelHost
 from .jobs import JobManager
 from .jobs_api import create_jobs_router
 from .redis_broker import RedisBroker, RedisWorkerDirectory
-from .schemas import ErrorResponse, PredictRequest, PredictResponse
-from .state import AppState, ModelDirectory, ModelState, model_info, response_entries
+from .schemas import ErrorResponse, PredictRequest, PredictResponse, RelaxRequest, RelaxResponse
+from .state import (
+    RELAX_PROPERTIES,
+    AppState,
+    ModelDirectory,
+    ModelState,
+    check_fixed_count,
+    model_info,
+    response_entries,
+)
 from .tasks import Task
 
 log = logging.getLogger(__name__)
@@ -109,6 +118,26 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
         state.check_request_atoms(prepared)
         results = await broker.submit([item for item in prepared if isinstance(item, Task)])
         entries = response_entries(prepared, results, properties)
+        return JSONBody({"model": model_info(card, status, results), "results": entries})
+
+    @app.post("/v1/relax", response_model=None, responses={200: {"model": RelaxResponse}, **ERROR_RESPONSES})
+    async def relax(body: RelaxRequest) -> Response:
+        """Relax structures (FIRE, atoms and cell) on the workers; answers when every structure has ended.
+
+        For thousands of structures, submit a job with a `relax` block instead (POST /v1/jobs).
+        """
+        card, status = await state.serving_card(body.model)
+        state.check_request_size(len(body.structures))
+        check_fixed_count(body.fixed, len(body.structures))
+        prepared = await anyio.to_thread.run_sync(
+            partial(state.prepare_tasks, relax=body.options(), fixed=body.fixed),
+            body.structures,
+            card,
+            RELAX_PROPERTIES,
+        )
+        state.check_request_atoms(prepared)
+        results = await broker.submit([item for item in prepared if isinstance(item, Task)])
+        entries = response_entries(prepared, results, RELAX_PROPERTIES)
         return JSONBody({"model": model_info(card, status, results), "results": entries})
 
     @app.get("/v1/models")

@@ -63,28 +63,41 @@ class AtomBudgetBatcher:
         self.policy = policy
         self.max_atoms: int = policy.max_atoms
         self._carry: deque[Task] = deque()
+        #: Tasks taken from the source per call: about what one batch holds, so that a worker does not hold
+        #: (in Redis, claim) many more tasks than it can run soon while other workers could take them.
+        self._fetch_count = max(8, min(policy.max_structures, self.max_atoms // 4))
 
-    def next_batch(self) -> list[Task]:
-        """Block until at least one task is available (or the idle poll ends), then fill the batch."""
+    def next_batch(self, relax_room: int | None = None, wait: bool = True) -> list[Task]:
+        """Fill a batch from the queue; with ``wait``, block until a task comes (or the idle poll ends) first.
+
+        New relaxations may take ``relax_room`` atoms (default: the whole budget; a worker relaxing structures
+        passes what they leave free); plain predictions have the budget of their own, so they never wait for
+        relaxations to end. A single task larger than its room runs when the batch is otherwise empty.
+        Without ``wait``, only what is queued now is taken, at once.
+        """
         policy = self.policy
+        room = self.max_atoms if relax_room is None else relax_room
         if not self._carry:
-            self._carry.extend(self.source.fetch(policy.max_structures, policy.idle_poll))
+            self._carry.extend(self.source.fetch(self._fetch_count, policy.idle_poll if wait else 0.0))
             if not self._carry:
                 return []
-        deadline = time.monotonic() + policy.max_wait
+        deadline = time.monotonic() + (policy.max_wait if wait else 0.0)
         batch: list[Task] = []
-        atoms = 0
+        atoms = {False: 0, True: 0}
         while True:
             while self._carry and len(batch) < policy.max_structures:
                 task = self._carry[0]
-                if batch and atoms + task.n_atoms > self.max_atoms:
+                relax = task.relax is not None
+                limit = room if relax else self.max_atoms
+                if atoms[relax] + task.n_atoms > limit and (batch or (relax and room < self.max_atoms)):
                     return batch
                 batch.append(self._carry.popleft())
-                atoms += task.n_atoms
+                atoms[relax] += task.n_atoms
             remaining = deadline - time.monotonic()
-            if atoms >= self.max_atoms or len(batch) >= policy.max_structures or remaining <= 0:
+            full = atoms[False] >= self.max_atoms or atoms[True] >= room
+            if full or len(batch) >= policy.max_structures or remaining <= 0:
                 return batch
-            self._carry.extend(self.source.fetch(policy.max_structures - len(batch), remaining))
+            self._carry.extend(self.source.fetch(min(self._fetch_count, policy.max_structures - len(batch)), remaining))
             if not self._carry:
                 return batch
 

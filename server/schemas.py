@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ..models.registry import DEFAULT_MODEL
+from .relaxation import RelaxOptions
 
 Property = Literal["energy", "forces", "stress"]
 
@@ -87,6 +88,55 @@ class PredictRequest(BaseModel):
     properties: list[Property] = Field(["energy", "forces", "stress"], description="What to compute.")
 
 
+class RelaxSettings(BaseModel):
+    """How to relax: FIRE on atoms and, by default, the cell (ASE's FrechetCellFilter); matbench-discovery defaults."""
+
+    optimizer: Literal["fire"] = Field("fire", description="FIRE with ASE's update rule and defaults.")
+    fmax: float = Field(0.05, gt=0, description="Converged when every generalised force (atoms, cell) is below, eV/Å.")
+    max_steps: int = Field(500, ge=0, le=100_000, description="Optimizer steps before giving up.")
+    relax_cell: bool = Field(
+        True, description="Relax the cell too (structures periodic in all three directions); false keeps it fixed."
+    )
+    hydrostatic_strain: bool = Field(False, description="Only let the cell scale uniformly (shape kept).")
+    scalar_pressure: float = Field(0.0, description="Applied pressure, eV/Å³ (1 GPa = 0.006241509 eV/Å³).")
+    trajectory_every: int = Field(0, ge=0, description="Return a frame every this many steps; 0: none.")
+
+    def options(self) -> RelaxOptions:
+        return RelaxOptions(**self.model_dump(include=set(RelaxSettings.model_fields)))
+
+
+FixedAtoms = Field(
+    None,
+    description="Per structure (same order), the indices of atoms that must not move, or null. "
+    "With a relaxing cell they follow its deformation, as with ASE's FixAtoms.",
+)
+
+
+class RelaxRequest(RelaxSettings):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "7net-0",
+                    "structures": [
+                        {
+                            "symbols": ["Si", "Si"],
+                            "positions": [[0, 0, 0], [1.40, 1.30, 1.35]],
+                            "cell": [[0, 2.8, 2.8], [2.8, 0, 2.8], [2.8, 2.8, 0]],
+                            "pbc": [True, True, True],
+                        }
+                    ],
+                    "fmax": 0.05,
+                }
+            ]
+        }
+    )
+
+    model: str | None = Field(None, description="Model name; default: the server's first served model.")
+    structures: StructureList = Field(description=STRUCTURE_FORMS_DOC)
+    fixed: list[list[int] | None] | None = FixedAtoms
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -111,6 +161,36 @@ class StructureResult(BaseModel):
     stress: list[list[float]] | None = Field(
         None, description="3×3 Cauchy stress, eV/Å³, ASE sign (tensile positive); null for non-periodic structures."
     )
+
+
+class RelaxedStructure(BaseModel):
+    numbers: list[int]
+    positions: list[list[float]] = Field(description="Å.")
+    cell: list[list[float]] = Field(description="Å; rows are lattice vectors.")
+    pbc: list[bool]
+
+
+class Frame(BaseModel):
+    step: int
+    energy: float
+    positions: list[list[float]]
+    cell: list[list[float]]
+
+
+class RelaxResult(StructureResult):
+    structure: RelaxedStructure = Field(description="The final geometry; energy, forces and stress are its own.")
+    steps: int = Field(description="Optimizer steps taken.")
+    converged: bool
+    stop_reason: Literal["converged", "max_steps", "exploded"] = Field(
+        description="exploded: a force above 1000 eV/Å, a non-finite value, or a cell stretched beyond 2× or 1/2×."
+    )
+    fmax: float = Field(description="Largest generalised force (atoms and cell rows) at the final geometry, eV/Å.")
+    trajectory: list[Frame] | None = Field(None, description="Frames every trajectory_every steps, and the last.")
+
+
+class RelaxResponse(BaseModel):
+    model: ModelInfo
+    results: list[RelaxResult | ErrorEntry] = Field(description="One entry per structure, in input order.")
 
 
 class PredictResponse(BaseModel):

@@ -8,14 +8,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..models.cards import ModelCard
 from ..models.registry import DEFAULT_MODEL, ModelRegistry, UnknownModel
+from ..models.system import AtomicSystem
 from .broker import Broker
 from .config import ServerSettings
 from .errors import RequestError, StructureError
+from .relaxation import RelaxOptions, RelaxSpec
 from .structures import decode_structure
 from .tasks import Task, TaskResult
 from .validation import validate_structure
+
+#: What a relaxation result reports for its final geometry.
+RELAX_PROPERTIES = ("energy", "forces", "stress")
 
 
 class ModelState(str, enum.Enum):
@@ -85,21 +92,34 @@ class AppState:
         )
 
     def prepare_tasks(
-        self, structures: Sequence[Any], card: ModelCard, properties: tuple[str, ...], start: int = 0
+        self,
+        structures: Sequence[Any],
+        card: ModelCard,
+        properties: tuple[str, ...],
+        start: int = 0,
+        relax: RelaxOptions | None = None,
+        fixed: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Task | StructureError]:
         """Decode and validate each structure: a Task for each good one, the error for each bad one.
 
+        With ``relax``, the tasks are relaxations; ``fixed`` lists each structure's fixed atoms (or None).
         Error messages number the structures from ``start`` (a job prepares its structures a slice at a time).
         """
         prepared: list[Task | StructureError] = []
-        for index, data in enumerate(structures, start):
+        for offset, data in enumerate(structures):
+            index = start + offset
             try:
                 system = decode_structure(index, data)
                 validate_structure(index, system, card, self.settings.limits)
+                spec = None
+                if relax is not None:
+                    spec = RelaxSpec(relax, fixed_atoms(index, system, fixed[offset] if fixed else None))
             except StructureError as error:
                 prepared.append(error)
                 continue
-            prepared.append(Task(id=uuid.uuid4().hex, model=card.name, system=system, properties=properties))
+            prepared.append(
+                Task(id=uuid.uuid4().hex, model=card.name, system=system, properties=properties, relax=spec)
+            )
         return prepared
 
     def check_request_atoms(self, prepared: Sequence[Task | StructureError]) -> None:
@@ -112,6 +132,27 @@ class AppState:
                 f"the request holds {total} atoms, more than this server's limit of {limit} per request; "
                 "split it (the Python client does this for you)",
             )
+
+
+def fixed_atoms(index: int, system: AtomicSystem, indices: Sequence[int] | None) -> np.ndarray | None:
+    """The fixed-atom indices of structure ``index`` as an array, checked against its atom count."""
+    if indices is None or len(indices) == 0:
+        return None
+    fixed = np.asarray(indices, dtype=np.int64)
+    bad = fixed[(fixed < 0) | (fixed >= system.n_atoms)]
+    if bad.size:
+        raise StructureError(
+            index, "malformed_structure", f"fixed atom index {int(bad[0])} is out of range for {system.n_atoms} atoms"
+        )
+    return np.unique(fixed)
+
+
+def check_fixed_count(fixed: Sequence[Any] | None, n_structures: int) -> None:
+    """``fixed`` must have one entry per structure."""
+    if fixed is not None and len(fixed) != n_structures:
+        raise RequestError(
+            422, "invalid_request", f"'fixed' has {len(fixed)} entries for {n_structures} structures; give one each"
+        )
 
 
 def check_structure_count(n_structures: int, limit: int, what: str, advice: str) -> None:

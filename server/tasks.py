@@ -8,16 +8,18 @@ import numpy as np
 
 from ..models.potential import Prediction
 from ..models.system import AtomicSystem
+from .relaxation import RelaxOutcome, RelaxSpec
 
 
 @dataclass
 class Task:
-    """One structure to evaluate with one model."""
+    """One structure to evaluate (or, with ``relax``, to relax) with one model."""
 
     id: str
     model: str
     system: AtomicSystem
     properties: tuple[str, ...]
+    relax: RelaxSpec | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -34,6 +36,8 @@ class TaskResult:
     error_message: str | None = None
     #: Where it ran: ``{"dtype": ..., "device": ...}`` of the worker's potential.
     worker: dict[str, str] | None = None
+    #: For a relaxation: how it ended; ``prediction`` is then the one at the final geometry.
+    relaxation: RelaxOutcome | None = None
 
     @property
     def ok(self) -> bool:
@@ -49,4 +53,29 @@ class TaskResult:
             entry["forces"] = np.asarray(prediction.forces, dtype=np.float64)
         if "stress" in properties:
             entry["stress"] = None if prediction.stress is None else np.asarray(prediction.stress, dtype=np.float64)
+        if self.relaxation is not None:
+            entry |= relaxation_entry(self.relaxation)
         return entry
+
+
+def relaxation_entry(outcome: RelaxOutcome) -> dict:
+    """The relaxation fields of a ``/v1/relax`` result entry."""
+    system = outcome.system
+    entry: dict = {
+        "structure": {
+            "numbers": system.numbers,
+            "positions": system.positions,
+            "cell": system.cell,
+            "pbc": system.pbc,
+        },
+        "steps": outcome.steps,
+        "converged": outcome.converged,
+        "stop_reason": outcome.stop_reason,
+        "fmax": outcome.fmax,
+    }
+    if outcome.trajectory:
+        entry["trajectory"] = [
+            {"step": frame.step, "energy": frame.energy, "positions": frame.positions, "cell": frame.cell}
+            for frame in outcome.trajectory
+        ]
+    return entry
