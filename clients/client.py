@@ -204,10 +204,19 @@ class Client:
         return results[0] if single else results
 
     def submit_job(
-        self, structures: Sequence[Any], properties: Sequence[str] = ALL_PROPERTIES, *, model: str | None = None
+        self,
+        structures: Sequence[Any],
+        properties: Sequence[str] = ALL_PROPERTIES,
+        *,
+        model: str | None = None,
+        relax: dict[str, Any] | None = None,
     ) -> str:
-        """Start a server-side job on a (large) list of structures (``POST /v1/jobs``); return its id at once."""
-        return self._post("/v1/jobs", jobs.job_body(structures, properties, model, self.settings))["id"]
+        """Start a server-side job on a (large) list of structures (``POST /v1/jobs``); return its id at once.
+
+        With ``relax`` (a dict of :meth:`relax`'s options, e.g. ``{"fmax": 0.05}``), the job relaxes them and its
+        results are :class:`RelaxResult` objects.
+        """
+        return self._post("/v1/jobs", jobs.job_body(structures, properties, model, self.settings, relax))["id"]
 
     def submit_job_file(
         self, path: str | Path, *, model: str | None = None, properties: Sequence[str] = ALL_PROPERTIES
@@ -259,6 +268,7 @@ class Client:
         properties: Sequence[str] = ALL_PROPERTIES,
         *,
         model: str | None = None,
+        relax: dict[str, Any] | None = None,
         errors: str = "raise",
         progress: bool | None = None,
         poll: float = 1.0,
@@ -267,7 +277,7 @@ class Client:
 
         Interrupting it (Ctrl-C) cancels the job. A job that fails or is cancelled raises :class:`RequestFailed`.
         """
-        job_id = self.submit_job(structures, properties, model=model)
+        job_id = self.submit_job(structures, properties, model=model, relax=relax)
         try:
             with self.settings.progress_bar(len(structures), progress) as bar:
                 while (status := self.job(job_id))["state"] not in jobs.FINAL_STATES:
@@ -397,10 +407,15 @@ class AsyncClient:
         return (await self._request("GET", "/v1/models"))["models"]
 
     async def submit_job(
-        self, structures: Sequence[Any], properties: Sequence[str] = ALL_PROPERTIES, *, model: str | None = None
+        self,
+        structures: Sequence[Any],
+        properties: Sequence[str] = ALL_PROPERTIES,
+        *,
+        model: str | None = None,
+        relax: dict[str, Any] | None = None,
     ) -> str:
         """As :meth:`Client.submit_job`."""
-        body = jobs.job_body(structures, properties, model, self.settings)
+        body = jobs.job_body(structures, properties, model, self.settings, relax)
         return (await self._request("POST", "/v1/jobs", json=body))["id"]
 
     async def submit_job_file(
@@ -448,12 +463,13 @@ class AsyncClient:
         properties: Sequence[str] = ALL_PROPERTIES,
         *,
         model: str | None = None,
+        relax: dict[str, Any] | None = None,
         errors: str = "raise",
         progress: bool | None = None,
         poll: float = 1.0,
     ) -> list[Result]:
         """As :meth:`Client.run_job`; cancelling the awaiting task cancels the job."""
-        job_id = await self.submit_job(structures, properties, model=model)
+        job_id = await self.submit_job(structures, properties, model=model, relax=relax)
         try:
             with self.settings.progress_bar(len(structures), progress) as bar:
                 while (status := await self.job(job_id))["state"] not in jobs.FINAL_STATES:

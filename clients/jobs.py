@@ -9,16 +9,33 @@ from typing import Any
 import orjson
 
 from .encoding import encode_structure
-from .results import RequestFailed, Result
+from .relaxing import fixed_atoms
+from .results import RelaxResult, RequestFailed, Result
 
 FINAL_STATES = frozenset({"done", "cancelled", "failed"})
 
 
-def job_body(structures: Any, properties: Sequence[str], model: str | None, settings: Any) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/jobs``: the structures encoded as :meth:`Client.predict` sends them."""
+def job_body(
+    structures: Any,
+    properties: Sequence[str],
+    model: str | None,
+    settings: Any,
+    relax: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/jobs``: the structures encoded as :meth:`Client.predict` sends them.
+
+    With ``relax`` (options as :meth:`Client.relax` takes them), the job relaxes the structures; fixed atoms come
+    from ase FixAtoms constraints.
+    """
     if not isinstance(structures, (list, tuple)):
         structures = [structures]
-    return settings.body([encode_structure(s) for s in structures], properties, model)
+    body = settings.body([encode_structure(s) for s in structures], properties, model)
+    if relax is not None:
+        body["relax"] = dict(relax)
+        fixed = [fixed_atoms(s) for s in structures]
+        if any(f is not None for f in fixed):
+            body["fixed"] = fixed
+    return body
 
 
 def upload_fields(properties: Sequence[str], model: str | None, settings: Any) -> dict[str, str]:
@@ -41,7 +58,8 @@ def decode_line(line: str | bytes, model: dict[str, Any]) -> tuple[int, Result]:
     """One NDJSON line of a results stream: its index and its :class:`Result`."""
     entry = orjson.loads(line)
     index = entry.pop("index")
-    return index, Result.from_entry(index, 0, entry, model)
+    kind = RelaxResult if "stop_reason" in entry else Result
+    return index, kind.from_entry(index, 0, entry, model)
 
 
 def check_finished(status: dict[str, Any]) -> None:

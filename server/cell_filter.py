@@ -72,5 +72,6 @@ def _expm_frechet_adjoint(a: np.ndarray, g: np.ndarray) -> np.ndarray:
 def max_row_norm(rows: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
     """The largest row norm of each structure's rows (its ``fmax`` in ASE's sense)."""
     result = np.zeros(k)
-    np.maximum.at(result, owner, np.linalg.norm(rows, axis=1))
+    with np.errstate(invalid="ignore"):  # NaN rows stay NaN: the caller flags them
+        np.maximum.at(result, owner, np.linalg.norm(rows, axis=1))
     return result

@@ -27,7 +27,8 @@ import orjson
 
 from ..models.cards import ModelCard
 from .errors import RequestError, StructureError
-from .state import AppState, ModelStatus, model_info
+from .relaxation import RelaxOptions
+from .state import RELAX_PROPERTIES, AppState, ModelStatus, model_info
 from .tasks import Task, TaskResult
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 CHUNK_STRUCTURES = 64
 #: Chunks of one job submitted to the broker and not yet answered.
 CHUNKS_IN_FLIGHT = 4
+#: The same for relaxation jobs: small chunks, since a chunk's results are recorded when all of them have ended,
+#: and many in flight, since the workers relax every structure they hold at once.
+RELAX_CHUNK_STRUCTURES, RELAX_CHUNKS_IN_FLIGHT = 4, 64
 #: How long a chunk the broker refuses with 503 (queue full, no worker...) is retried before the job fails, seconds.
 RETRY_FOR = 600.0
 #: First and longest wait between those retries, seconds (a Retry-After from the broker takes precedence).
@@ -65,6 +69,9 @@ class Job:
     model: str
     properties: tuple[str, ...]
     total: int | None = None
+    #: For a relaxation job: its options, and each structure's fixed atoms (or None).
+    relax: RelaxOptions | None = None
+    fixed: Sequence[Sequence[int] | None] | None = field(default=None, repr=False)
     state: JobState = JobState.QUEUED
     #: Structures with a result entry, and those of them that are error entries.
     done: int = 0
@@ -92,6 +99,7 @@ class Job:
         return {
             "id": self.id,
             "model": self.model,
+            "kind": "predict" if self.relax is None else "relax",
             "state": self.state.value,
             "total": self.total,
             "done": self.done,
@@ -161,10 +169,16 @@ class JobManager:
         properties: tuple[str, ...],
         load: Callable[[], Awaitable[Sequence[Any]]],
         total: int | None = None,
+        relax: RelaxOptions | None = None,
+        fixed: Sequence[Sequence[int] | None] | None = None,
     ) -> Job:
-        """Start a job on the structures that ``load`` returns (awaited by the runner, so it may decode a file)."""
+        """Start a job on the structures that ``load`` returns (awaited by the runner, so it may decode a file).
+
+        With ``relax``, the job relaxes them (``fixed``: each structure's fixed atoms) instead of evaluating them.
+        """
         self.forget_expired()
-        job = Job(id=uuid.uuid4().hex, model=card.name, properties=properties, total=total)
+        properties = RELAX_PROPERTIES if relax is not None else properties
+        job = Job(id=uuid.uuid4().hex, model=card.name, properties=properties, total=total, relax=relax, fixed=fixed)
         job.model_info = model_info(card, status)
         self._jobs[job.id] = job
         job.runner = asyncio.create_task(self._run(job, card, status, load), name=f"mlipserve-job-{job.id}")
@@ -206,7 +220,7 @@ class JobManager:
     ) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
-        slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+        slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT if job.relax is None else RELAX_CHUNKS_IN_FLIGHT)
 
         def chunk_ended(task: asyncio.Task[None]) -> None:
             in_flight.discard(task)
@@ -222,13 +236,13 @@ class JobManager:
             job.start(len(structures))
             for start in range(0, len(structures), CHUNK_STRUCTURES):
                 part = structures[start : start + CHUNK_STRUCTURES]
-                prepared = await anyio.to_thread.run_sync(self._prepare, start, part, card, job.properties)
+                prepared = await anyio.to_thread.run_sync(self._prepare, job, start, part, card)
                 if job.final:  # cancelled while decoding: nothing more is submitted
                     return
                 rejected = [(i, {"error": item.as_dict()}) for i, item in prepared if isinstance(item, StructureError)]
                 if rejected:
                     job.record(rejected)
-                for chunk in self._split([(i, item) for i, item in prepared if isinstance(item, Task)]):
+                for chunk in self._split(job, [(i, item) for i, item in prepared if isinstance(item, Task)]):
                     await slots.acquire()
                     if failures:
                         raise failures[0]
@@ -255,15 +269,20 @@ class JobManager:
                 task.cancel()
 
     def _prepare(
-        self, start: int, structures: Sequence[Any], card: ModelCard, properties: tuple[str, ...]
+        self, job: Job, start: int, structures: Sequence[Any], card: ModelCard
     ) -> list[tuple[int, Task | StructureError]]:
-        """Decode and validate structures ``start, start + 1, ...`` exactly as /v1/predict does."""
-        return list(enumerate(self.state.prepare_tasks(structures, card, properties, start), start))
+        """Decode and validate structures ``start, start + 1, ...`` exactly as /v1/predict (or /v1/relax) does."""
+        fixed = None if job.fixed is None else job.fixed[start : start + len(structures)]
+        prepared = self.state.prepare_tasks(structures, card, job.properties, start, relax=job.relax, fixed=fixed)
+        return list(enumerate(prepared, start))
 
-    def _split(self, tasks: list[tuple[int, Task]]) -> Iterator[list[tuple[int, Task]]]:
-        """Chunks within CHUNK_STRUCTURES, the per-request atom limit and a share of the broker's queue limit."""
+    def _split(self, job: Job, tasks: list[tuple[int, Task]]) -> Iterator[list[tuple[int, Task]]]:
+        """Chunks within the chunk size, the per-request atom limit and a share of the broker's queue limit."""
         settings = self.state.settings
-        size = max(1, min(CHUNK_STRUCTURES, settings.queue_limit // CHUNKS_IN_FLIGHT))
+        if job.relax is None:
+            size = max(1, min(CHUNK_STRUCTURES, settings.queue_limit // CHUNKS_IN_FLIGHT))
+        else:
+            size = max(1, min(RELAX_CHUNK_STRUCTURES, settings.queue_limit // RELAX_CHUNKS_IN_FLIGHT))
         limit = settings.max_atoms_per_request
         chunk: list[tuple[int, Task]] = []
         atoms = 0

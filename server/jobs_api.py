@@ -14,8 +14,9 @@ from starlette.datastructures import UploadFile
 
 from .errors import RequestError
 from .jobs import Job, JobManager, extxyz_first_frame_problem, read_extxyz_frames
-from .schemas import ErrorResponse, ModelInfo, PredictRequest
-from .state import AppState, check_structure_count
+from .relaxation import RelaxOptions
+from .schemas import ErrorResponse, JobRequest, ModelInfo, RelaxSettings
+from .state import AppState, check_fixed_count, check_structure_count
 
 JOB_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (404, 413, 422, 503)
@@ -24,7 +25,7 @@ JOB_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 JOB_REQUEST_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+        "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -33,6 +34,7 @@ JOB_REQUEST_BODY = {
                     "file": {"type": "string", "format": "binary", "description": "extxyz text, any number of frames"},
                     "model": {"type": "string", "description": "model name; default: the server's first model"},
                     "properties": {"type": "string", "description": "comma-separated, e.g. energy,forces"},
+                    "relax": {"type": "string", "description": 'relax the frames: JSON options, e.g. {"fmax": 0.05}'},
                 },
             }
         },
@@ -48,6 +50,7 @@ class JobCreated(BaseModel):
 
 
 class JobStatus(JobCreated):
+    kind: Literal["predict", "relax"]
     done: int = Field(description="Structures with a result entry (errors included).")
     errors: int = Field(description="Structures whose entry is an error.")
     created: str = Field(description="ISO 8601, UTC.")
@@ -70,29 +73,33 @@ def create_jobs_router(state: AppState, jobs: JobManager) -> APIRouter:
     async def submit_job(request: Request) -> JSONResponse:
         """Start a job on a large set of structures; answers 202 at once, before any structure is decoded.
 
-        The body is /v1/predict's JSON, or a multipart upload: an extxyz file in field `file` (any number of
-        frames) and optional fields `model` and `properties` (comma-separated).
+        The body is /v1/predict's JSON (with a `relax` block of /v1/relax's options, and optionally `fixed`, the
+        job relaxes the structures), or a multipart upload: an extxyz file in field `file` (any number of
+        frames) and optional fields `model` and `properties` (comma-separated), or `relax` (its JSON options).
         """
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            model, properties, text = await _read_upload(request)
+            model, properties, relax, text = await _read_upload(request)
             card, status = await state.serving_card(model)
             limit = state.settings.max_structures_per_job
 
             async def load() -> Sequence[Any]:
                 return await anyio.to_thread.run_sync(read_extxyz_frames, text, limit)
 
-            job = jobs.create(card, status, properties, load)
+            job = jobs.create(card, status, properties, load, relax=relax)
         else:
             body = await _read_json(request)
             card, status = await state.serving_card(body.model)
             _check_job_size(state, len(body.structures))
+            check_fixed_count(body.fixed, len(body.structures))
             structures = body.structures
 
             async def load() -> Sequence[Any]:
                 return structures
 
-            job = jobs.create(card, status, tuple(dict.fromkeys(body.properties)), load, total=len(structures))
+            properties = tuple(dict.fromkeys(body.properties))
+            relax = body.relax.options() if body.relax is not None else None
+            job = jobs.create(card, status, properties, load, total=len(structures), relax=relax, fixed=body.fixed)
         created = {key: job.status()[key] for key in ("id", "state", "model", "total")}
         return JSONResponse(created, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
@@ -130,20 +137,21 @@ def create_jobs_router(state: AppState, jobs: JobManager) -> APIRouter:
     return router
 
 
-async def _read_json(request: Request) -> PredictRequest:
+async def _read_json(request: Request) -> JobRequest:
     body = await request.body()
     try:
-        return await anyio.to_thread.run_sync(PredictRequest.model_validate_json, body)
+        return await anyio.to_thread.run_sync(JobRequest.model_validate_json, body)
     except ValidationError as error:
         raise RequestValidationError(error.errors()) from None
 
 
-async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], str]:
-    """The model, properties and file text of a multipart upload; 422 for a missing or unreadable file."""
+async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], RelaxOptions | None, str]:
+    """The model, properties, relaxation options and file text of a multipart upload; 422 when unreadable."""
     async with request.form() as form:
         upload = form.get("file")
         model = form.get("model")
         properties = form.get("properties")
+        relax_field = form.get("relax")
         if not isinstance(upload, UploadFile):
             raise RequestError(422, "invalid_request", "the upload needs the extxyz file in a file field named 'file'")
         data = await upload.read()
@@ -151,7 +159,8 @@ async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], s
     if properties:
         fields["properties"] = [name.strip() for name in str(properties).split(",") if name.strip()]
     try:
-        parsed = PredictRequest.model_validate(fields)
+        parsed = JobRequest.model_validate(fields)
+        relax = None if relax_field is None else RelaxSettings.model_validate_json(str(relax_field)).options()
     except ValidationError as error:
         raise RequestValidationError(error.errors()) from None
     try:
@@ -163,7 +172,7 @@ async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], s
     problem = await anyio.to_thread.run_sync(extxyz_first_frame_problem, text)
     if problem:
         raise RequestError(422, "unparsable_text", f"could not read the uploaded file as extxyz: {problem}")
-    return parsed.model, tuple(dict.fromkeys(parsed.properties)), text
+    return parsed.model, tuple(dict.fromkeys(parsed.properties)), relax, text
 
 
 def _check_job_size(state: AppState, n_structures: int) -> None:

@@ -149,6 +149,8 @@ class RedisTaskSource:
 
     def deliver(self, results: list[TaskResult]) -> None:
         """Write the results to their reply streams, then ack and delete the tasks, in one transaction."""
+        if not results:
+            return
         pipe = self.redis.pipeline()
         entry_ids = []
         with self._lock:
@@ -230,7 +232,8 @@ class RedisWorker:
                 source.keep_alive()
             except redis.RedisError as error:
                 log.debug("heartbeat failed: %s", error)
-            self.stop.wait(self.settings.heartbeat_interval)
+            # Often enough that held tasks never look idle for claim_idle, which would hand them to another worker.
+            self.stop.wait(min(self.settings.heartbeat_interval, self.settings.claim_idle / 3))
 
 
 def run_worker(settings: RedisWorkerSettings, registry: ModelRegistry) -> None:

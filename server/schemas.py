@@ -137,6 +137,13 @@ class RelaxRequest(RelaxSettings):
     fixed: list[list[int] | None] | None = FixedAtoms
 
 
+class JobRequest(PredictRequest):
+    """A job's JSON body: /v1/predict's, or with ``relax`` a relaxation of every structure."""
+
+    relax: RelaxSettings | None = Field(None, description="Relax the structures (options as for /v1/relax).")
+    fixed: list[list[int] | None] | None = FixedAtoms
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str

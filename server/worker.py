@@ -69,7 +69,8 @@ class Worker:
         ]
         for result in finished:
             result.worker = self.info
-        self.source.deliver(finished)
+        if finished:
+            self.source.deliver(finished)
         self.batches_run += 1
         self.structures_run += len(predict_tasks) + len(geometries)
         return len(predict_tasks) + len(geometries)

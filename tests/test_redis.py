@@ -190,3 +190,37 @@ def test_job_survives_a_worker_killed_mid_run(redis_url: str, model_dir: Path, c
     np.testing.assert_allclose(
         np.concatenate([r.forces for r in served]), np.concatenate([r.forces for r in embedded]), atol=1e-5
     )
+
+
+def test_relaxations_survive_a_worker_killed_mid_run(redis_url: str, model_dir: Path, client: Client) -> None:
+    """A relaxation job on two workers, one SIGKILLed after the first results: every relaxation still ends."""
+    structures = hafnia(12, seed=11)
+    for atoms in structures:
+        atoms.rattle(0.15, seed=1)
+    relax = {"fmax": 0.01, "max_steps": 100}
+    settings = ServerSettings(port=free_port(), models=("hfo2-cp0",), model_dir=model_dir, redis_url=redis_url)
+    options = ("--claim-idle", "2", "--batch-atoms", "24")
+    workers = [WorkerProcess("hfo2-cp0", redis_url, model_dir, *options) for _ in range(2)]
+    try:
+        with RunningServer(settings) as server, Client(server.url, model="hfo2-cp0", progress=False) as remote:
+            wait_for_workers(server.url, "hfo2-cp0", 2)
+            job_id = remote.submit_job(structures, relax=relax)
+            deadline = time.monotonic() + 180
+            while (status := remote.job(job_id))["done"] < 1:  # relaxation jobs record chunks of 4
+                assert time.monotonic() < deadline, f"no relaxation ended: {status}"
+                time.sleep(0.05)
+            assert status["state"] == "running", "the job ended before a worker could be killed"
+            workers[0].kill()
+            while (status := remote.job(job_id))["state"] not in {"done", "failed", "cancelled"}:
+                assert time.monotonic() < deadline + 180, f"the job did not finish: {status}"
+                time.sleep(0.2)
+            assert status["state"] == "done" and status["errors"] == 0, status
+            served = list(remote.job_results(job_id))
+    finally:
+        for worker in workers:
+            worker.stop()
+    embedded = client.relax(structures, model="hfo2-cp0", **relax)
+    for remote_result, local in zip(served, embedded, strict=True):
+        assert remote_result.converged == local.converged
+        assert abs(remote_result.steps - local.steps) <= max(2, 0.1 * local.steps)
+        assert remote_result.energy_per_atom == pytest.approx(local.energy_per_atom, abs=1e-4)
