@@ -135,14 +135,43 @@ class RelaxationSet:
 
         Members whose prediction is None are dropped without an outcome (the caller reports their error).
         """
-        k = len(self.members)
         positions, cells = self._geometry()
+        forces, stop, failed = self._generalised_forces(predictions, cells)
+        fmax = max_row_norm(forces, self.fire.owner, len(self.members))
+        ended = []
+        for i, member in enumerate(self.members):
+            prediction = predictions.get(member.key)
+            if failed[i] or prediction is None:
+                continue
+            options = member.spec.options
+            if stop[i] is None and not np.isfinite(fmax[i]):
+                stop[i] = "exploded"
+            elif stop[i] is None and fmax[i] < options.fmax:
+                stop[i] = "converged"
+            elif stop[i] is None and member.steps >= options.max_steps:
+                stop[i] = "max_steps"
+            every = options.trajectory_every
+            frame_due = every > 0 and (member.steps % every == 0 or stop[i] is not None)
+            if frame_due and (not member.trajectory or member.trajectory[-1].step != member.steps):
+                member.trajectory.append(Frame(member.steps, prediction.energy, positions[i], cells[i]))
+            if (reason := stop[i]) is not None:
+                system = AtomicSystem(member.start.numbers, positions[i], cells[i], member.start.pbc)
+                converged = reason == "converged"
+                outcome = RelaxOutcome(system, member.steps, converged, reason, float(fmax[i]), member.trajectory)
+                ended.append(Ended(member.key, outcome, prediction))
+        self._step_on(forces, np.array([not failed[i] and stop[i] is None for i in range(len(self.members))]))
+        return ended
+
+    def _generalised_forces(
+        self, predictions: dict[str, Prediction | None], cells: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[StopReason | None], np.ndarray]:
+        """Forces on every row (atoms, then cell rows) as FrechetCellFilter defines them; which members exploded
+        and which have no prediction."""
+        k = len(self.members)
         owner = self.fire.owner
         forces = np.zeros_like(self.x)
-        fmax = np.zeros(k)
         stop: list[StopReason | None] = [None] * k
         failed = np.zeros(k, dtype=bool)
-        log_strain, cell_index = self._log_strains()
         stress = np.zeros((k, 3, 3))
         rows = self._row_offsets()
         for i, member in enumerate(self.members):
@@ -161,68 +190,42 @@ class RelaxationSet:
                     stress[i] = prediction.stress
                 else:
                     stop[i] = "exploded"
+
+        log_strain, cell_index = self._log_strains()
         deform = self._deformations(log_strain, cell_index, k)
         atom_rows = self._atom_row_mask()
         forces[atom_rows] = np.einsum("rj,rji->ri", forces[atom_rows], deform[owner[atom_rows]])
         with_cell = np.flatnonzero(cell_index >= 0)
-        if len(with_cell):
-            volume = np.abs(np.linalg.det(_stack(cells, with_cell)))
-            opts = [self.members[i].spec.options for i in with_cell]
-            generalised = cell_forces(
-                log_strain[cell_index[with_cell]],
-                stress[with_cell],
-                volume,
-                np.array([o.hydrostatic_strain for o in opts]),
-                np.array([o.scalar_pressure for o in opts]),
-                np.array([float(self.members[i].start.n_atoms) for i in with_cell]),
-            )
-            for j, i in enumerate(with_cell):
-                first = rows[i] + self.members[i].start.n_atoms
-                forces[first : first + 3] = generalised[j]
-            stretch = np.linalg.svd(deform[with_cell], compute_uv=False)
-            too_far = (stretch.max(axis=1) > EXPLODED_STRETCH) | (stretch.min(axis=1) < 1 / EXPLODED_STRETCH)
-            for i in with_cell[too_far]:
-                stop[i] = "exploded"
-        fmax = max_row_norm(forces, owner, k)
+        if len(with_cell) == 0:
+            return forces, stop, failed
+        options = [self.members[i].spec.options for i in with_cell]
+        generalised = cell_forces(
+            log_strain[cell_index[with_cell]],
+            stress[with_cell],
+            np.abs(np.linalg.det(np.stack([cells[i] for i in with_cell]))),
+            np.array([o.hydrostatic_strain for o in options]),
+            np.array([o.scalar_pressure for o in options]),
+            np.array([float(self.members[i].start.n_atoms) for i in with_cell]),
+        )
+        for j, i in enumerate(with_cell):
+            first = rows[i] + self.members[i].start.n_atoms
+            forces[first : first + 3] = generalised[j]
+        stretch = np.linalg.svd(deform[with_cell], compute_uv=False)
+        too_far = (stretch.max(axis=1) > EXPLODED_STRETCH) | (stretch.min(axis=1) < 1 / EXPLODED_STRETCH)
+        for i in with_cell[too_far]:
+            stop[i] = "exploded"
+        return forces, stop, failed
 
-        for i, member in enumerate(self.members):
-            if failed[i] or stop[i] == "exploded":
-                continue
-            options = member.spec.options
-            if not np.isfinite(fmax[i]):
-                stop[i] = "exploded"
-            elif fmax[i] < options.fmax:
-                stop[i] = "converged"
-            elif member.steps >= options.max_steps:
-                stop[i] = "max_steps"
-
-        ended = []
-        for i, member in enumerate(self.members):
-            prediction = predictions.get(member.key)
-            if prediction is None:
-                continue
-            every = member.spec.options.trajectory_every
-            frame_due = every > 0 and (member.steps % every == 0 or stop[i] is not None)
-            if frame_due and (not member.trajectory or member.trajectory[-1].step != member.steps):
-                member.trajectory.append(Frame(member.steps, prediction.energy, positions[i], cells[i]))
-            reason = stop[i]
-            if reason is not None:
-                system = AtomicSystem(member.start.numbers, positions[i], cells[i], member.start.pbc)
-                outcome = RelaxOutcome(
-                    system, member.steps, reason == "converged", reason, float(fmax[i]), member.trajectory
-                )
-                ended.append(Ended(member.key, outcome, prediction))
-
-        going_on = np.array([not failed[i] and stop[i] is None for i in range(k)], dtype=bool)
+    def _step_on(self, forces: np.ndarray, going_on: np.ndarray) -> None:
+        """One FIRE step for the members ``going_on``; the others leave the set."""
         if going_on.any():
             self.x = self.x + self.fire.step(forces, going_on)
             for i in np.flatnonzero(going_on):
                 self.members[i].steps += 1
         if not going_on.all():
-            self.x = self.x[going_on[owner]]
+            self.x = self.x[going_on[self.fire.owner]]
             self.fire.remove(going_on)
             self.members = [m for m, keep in zip(self.members, going_on, strict=True) if keep]
-        return ended
 
     # -- geometry -------------------------------------------------------------------------------------------
     def _row_offsets(self) -> list[int]:
@@ -266,7 +269,3 @@ class RelaxationSet:
             positions.append(u @ deform[i].T)
             cells.append(member.start.cell @ deform[i].T)
         return positions, cells
-
-
-def _stack(arrays: list[np.ndarray], indices: np.ndarray) -> np.ndarray:
-    return np.stack([arrays[i] for i in indices])
