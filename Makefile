@@ -24,8 +24,16 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint  ## install, lint, then run the test suite
+test: lint env-mace  ## install, lint, build the MACE worker environment, then run the test suite
 	$(VENV)/bin/python -m pytest
 
 bench: install
 	$(VENV)/bin/python benchmarks/bench_predict.py --model 7net-0
+
+# MACE's worker environment beside the main one: mace-torch pins e3nn 0.4.4, which sevenn cannot share.
+MACE_VENV ?= .venv-mace
+.PHONY: env-mace
+env-mace: $(MACE_VENV)/.installed  ## create .venv-mace (mlipserve[mace], editable) for `mlipserve worker` of MACE models
+
+$(MACE_VENV)/.installed: pyproject.toml $(CONSTRAINTS) deploy/mace/constraints.txt deploy/make-env.sh
+	PYTHON=$(PYTHON) TORCH_CONSTRAINTS=$(CONSTRAINTS) deploy/make-env.sh mace $(MACE_VENV)

@@ -4,13 +4,16 @@ A card is a YAML file. Built-in cards ship in ``mlipserve/models/cards/``; user 
 (``--model-dir``, default ``~/.mlipserve/models``) beside their checkpoints. A checkpoint path in a user card is
 relative to the model directory and must stay inside it: checkpoints are pickles, and loading one runs code.
 Built-in cards may point into an installed package with ``package://<package>/<path>`` (SevenNet and CHGNet
-ship their weights inside their wheels).
+ship their weights inside their wheels), or name a file that the user downloads from ``source_url`` into the model
+directory (MACE's foundation models). Where the authors publish no sha256 for such a file, the card leaves
+``sha256`` empty and the user pins the hash of the file they checked in ``<file>.sha256`` beside it (the output of
+``sha256sum <file>``); nothing is unpickled without a hash to check it against.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ import yaml
 from ase.data import atomic_numbers
 
 PACKAGE_SCHEME = "package://"
+#: Suffix of the file beside a user-brought checkpoint that pins its sha256 when the card publishes none.
+PIN_SUFFIX = ".sha256"
 
 
 class CardError(ValueError):
@@ -41,6 +46,8 @@ class ModelCard:
     description: str = ""
     #: Family-specific loader options (e.g. ``species`` order for an MTP file).
     options: dict[str, Any] = field(default_factory=dict)
+    #: Where a user-brought checkpoint can be downloaded (built-in cards whose file is not shipped).
+    source_url: str = ""
     #: Folder that a relative ``checkpoint`` is resolved against; None for built-in cards.
     root: Path | None = None
     builtin: bool = False
@@ -66,13 +73,14 @@ class ModelCard:
             family=str(data["family"]),
             version=str(data["version"]),
             checkpoint=str(data["checkpoint"]),
-            sha256=str(data["sha256"]).lower(),
+            sha256="" if data["sha256"] is None else str(data["sha256"]).lower(),
             license=str(data["license"]),
             elements=tuple(elements),
             cutoff=float(data["cutoff"]),
             citation=str(data.get("citation", "")).strip(),
             description=str(data.get("description", "")).strip(),
             options=dict(data.get("options") or {}),
+            source_url=str(data.get("source_url", "")).strip(),
             root=root,
             builtin=builtin,
         )
@@ -86,6 +94,29 @@ class ModelCard:
         if not isinstance(data, dict):
             raise CardError(f"{path}: a model card is a YAML mapping")
         return cls.from_dict(data, root=None if builtin else path.parent, builtin=builtin)
+
+    @property
+    def user_brought(self) -> bool:
+        """A built-in card whose checkpoint the user downloads into the model directory."""
+        return self.builtin and not self.checkpoint.startswith(PACKAGE_SCHEME)
+
+    def in_model_dir(self, model_dir: Path, *, read_pin: bool = True) -> ModelCard:
+        """This card with a user-brought checkpoint resolved in ``model_dir``, and its pinned sha256 if any."""
+        if not self.user_brought:
+            return self
+        card = replace(self, root=Path(model_dir))
+        pin = card.checkpoint_path().with_name(Path(self.checkpoint).name + PIN_SUFFIX)
+        if read_pin and not self.sha256 and pin.is_file():
+            words = pin.read_text().split()
+            digest = words[0].lower() if words else ""
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise CardError(f"{self.name}: {pin} does not start with a sha256 (64 hex digits)")
+            card = replace(card, sha256=digest)
+        return card
+
+    @property
+    def installed(self) -> bool:
+        return self.is_installed()
 
     @property
     def atomic_numbers(self) -> frozenset[int]:
@@ -122,7 +153,17 @@ class ModelCard:
         """Return the checkpoint path after checking that it exists and matches the card's sha256."""
         path = self.checkpoint_path()
         if not path.is_file():
+            if self.source_url:
+                raise CardError(
+                    f"{self.name}: checkpoint file {path} not found; download {self.source_url} and save it as {path}"
+                )
             raise CardError(f"{self.name}: checkpoint file {path} not found")
+        if not self.sha256:
+            pin = path.with_name(path.name + PIN_SUFFIX)
+            raise CardError(
+                f"{self.name}: the authors publish no sha256 for {path.name}, and none is pinned; once you trust "
+                f"the file (from {self.source_url or 'its source'}), pin it with: sha256sum {path} > {pin}"
+            )
         digest = file_sha256(path)
         if digest != self.sha256:
             raise CardError(
@@ -143,6 +184,7 @@ class ModelCard:
             "cutoff": self.cutoff,
             "citation": self.citation,
             "description": self.description,
+            "source_url": self.source_url,
             "installed": self.is_installed(),
         }
 

@@ -60,8 +60,14 @@ class ModelRegistry:
 
     def __init__(self, model_dir: Path | str | None = None, extra_cards: Iterable[ModelCard] = ()):
         self.model_dir = Path(model_dir).expanduser() if model_dir else DEFAULT_MODEL_DIR
-        self._cards: dict[str, ModelCard] = {card.name: card for card in builtin_cards()}
+        self._cards: dict[str, ModelCard] = {}
         self.problems: list[str] = []
+        for card in builtin_cards():
+            try:  # a built-in card whose file the user brings is resolved (and its hash pin read) in model_dir
+                self._cards[card.name] = card.in_model_dir(self.model_dir)
+            except CardError as error:
+                self.problems.append(str(error))
+                self._cards[card.name] = card.in_model_dir(self.model_dir, read_pin=False)
         if self.model_dir.is_dir():
             for path in sorted(self.model_dir.glob("*.y*ml")):
                 try:

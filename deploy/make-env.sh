@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create a worker environment for one model family beside the main one, with mlipserve installed editable.
+#
+#   deploy/make-env.sh mace              # -> .venv-mace (CPU torch from deploy/constraints-cpu.txt)
+#   TORCH_CONSTRAINTS=my-cuda.txt deploy/make-env.sh mace   # another torch build, e.g. CUDA
+#   CUEQ=1 deploy/make-env.sh mace       # also cuEquivariance kernels (CUDA 12 machines only)
+#
+# The environment serves that family's models with `.venv-<family>/bin/mlipserve worker --redis URL --model NAME`,
+# or alone with `.venv-<family>/bin/mlipserve serve --model NAME`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+family="${1:?usage: deploy/make-env.sh FAMILY [VENV] (families with their own environment: mace)}"
+venv="${2:-.venv-$family}"
+python="${PYTHON:-python3}"
+torch_constraints="${TORCH_CONSTRAINTS:-deploy/constraints-cpu.txt}"
+family_constraints="deploy/$family/constraints.txt"
+if [ ! -f "$family_constraints" ]; then
+    echo "make-env.sh: no $family_constraints; families with their own environment: mace" >&2
+    exit 2
+fi
+
+"$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --quiet -c "$torch_constraints" -c "$family_constraints")
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"${pip[@]}" torch
+"${pip[@]}" -e ".[$family]"
+if [ "${CUEQ:-0}" = 1 ]; then
+    "${pip[@]}" cuequivariance-torch cuequivariance-ops-torch-cu12
+fi
+"$venv/bin/python" -c "import mlipserve.models.backends.$family" 2>/dev/null \
+    || { echo "make-env.sh: $venv cannot import the $family backend" >&2; exit 1; }
+touch "$venv/.installed"
+echo "created $venv; start a worker with: $venv/bin/mlipserve worker --redis URL --model NAME"
