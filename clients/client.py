@@ -187,6 +187,9 @@ class Client:
         and stress (``"ase"``), or pymatgen Structures/Molecules (``"pymatgen"``), in input order.
         """
         options = _relax_options(locals())
+        if isinstance(structures, (list, tuple)) and len(structures) > relaxing.RELAX_DIRECT_LIMIT:
+            found = self.run_job(structures, model=model, relax=options, fixed=fixed, errors=errors, progress=progress)
+            return relaxing.converted(found, output)
         single, chunks, fixed_lists, total = relaxing.relax_chunks(
             structures, fixed, self.settings.chunk_size, self.settings.chunk_atoms
         )
@@ -194,7 +197,7 @@ class Client:
 
             def send(chunk: tuple[int, list[dict]]) -> dict[str, Any]:
                 body = relaxing.relax_body(chunk, fixed_lists, options, model or self.settings.model)
-                payload = self._post("/v1/relax", body)
+                payload = self._request("POST", "/v1/relax", json=body, timeout=None)  # relaxations take long
                 bar.update(len(chunk[1]))
                 return payload
 
@@ -210,13 +213,15 @@ class Client:
         *,
         model: str | None = None,
         relax: dict[str, Any] | None = None,
+        fixed: Sequence[Sequence[int] | None] | None = None,
     ) -> str:
         """Start a server-side job on a (large) list of structures (``POST /v1/jobs``); return its id at once.
 
         With ``relax`` (a dict of :meth:`relax`'s options, e.g. ``{"fmax": 0.05}``), the job relaxes them and its
         results are :class:`RelaxResult` objects.
         """
-        return self._post("/v1/jobs", jobs.job_body(structures, properties, model, self.settings, relax))["id"]
+        body = jobs.job_body(structures, properties, model, self.settings, relax, fixed)
+        return self._post("/v1/jobs", body)["id"]
 
     def submit_job_file(
         self, path: str | Path, *, model: str | None = None, properties: Sequence[str] = ALL_PROPERTIES
@@ -269,6 +274,7 @@ class Client:
         *,
         model: str | None = None,
         relax: dict[str, Any] | None = None,
+        fixed: Sequence[Sequence[int] | None] | None = None,
         errors: str = "raise",
         progress: bool | None = None,
         poll: float = 1.0,
@@ -277,7 +283,7 @@ class Client:
 
         Interrupting it (Ctrl-C) cancels the job. A job that fails or is cancelled raises :class:`RequestFailed`.
         """
-        job_id = self.submit_job(structures, properties, model=model, relax=relax)
+        job_id = self.submit_job(structures, properties, model=model, relax=relax, fixed=fixed)
         try:
             with self.settings.progress_bar(len(structures), progress) as bar:
                 while (status := self.job(job_id))["state"] not in jobs.FINAL_STATES:
@@ -386,6 +392,11 @@ class AsyncClient:
     ) -> Any:
         """As :meth:`Client.relax`."""
         options = _relax_options(locals())
+        if isinstance(structures, (list, tuple)) and len(structures) > relaxing.RELAX_DIRECT_LIMIT:
+            found = await self.run_job(
+                structures, model=model, relax=options, fixed=fixed, errors=errors, progress=progress
+            )
+            return relaxing.converted(found, output)
         single, chunks, fixed_lists, total = relaxing.relax_chunks(
             structures, fixed, self.settings.chunk_size, self.settings.chunk_atoms
         )
@@ -395,7 +406,7 @@ class AsyncClient:
             async def send(chunk: tuple[int, list[dict]]) -> dict[str, Any]:
                 body = relaxing.relax_body(chunk, fixed_lists, options, model or self.settings.model)
                 async with limit:
-                    payload = await self._request("POST", "/v1/relax", json=body)
+                    payload = await self._request("POST", "/v1/relax", json=body, timeout=None)
                 bar.update(len(chunk[1]))
                 return payload
 
@@ -413,9 +424,10 @@ class AsyncClient:
         *,
         model: str | None = None,
         relax: dict[str, Any] | None = None,
+        fixed: Sequence[Sequence[int] | None] | None = None,
     ) -> str:
         """As :meth:`Client.submit_job`."""
-        body = jobs.job_body(structures, properties, model, self.settings, relax)
+        body = jobs.job_body(structures, properties, model, self.settings, relax, fixed)
         return (await self._request("POST", "/v1/jobs", json=body))["id"]
 
     async def submit_job_file(
@@ -464,12 +476,13 @@ class AsyncClient:
         *,
         model: str | None = None,
         relax: dict[str, Any] | None = None,
+        fixed: Sequence[Sequence[int] | None] | None = None,
         errors: str = "raise",
         progress: bool | None = None,
         poll: float = 1.0,
     ) -> list[Result]:
         """As :meth:`Client.run_job`; cancelling the awaiting task cancels the job."""
-        job_id = await self.submit_job(structures, properties, model=model, relax=relax)
+        job_id = await self.submit_job(structures, properties, model=model, relax=relax, fixed=fixed)
         try:
             with self.settings.progress_bar(len(structures), progress) as bar:
                 while (status := await self.job(job_id))["state"] not in jobs.FINAL_STATES:

@@ -21,20 +21,22 @@ def job_body(
     model: str | None,
     settings: Any,
     relax: dict[str, Any] | None = None,
+    fixed: Sequence[Sequence[int] | None] | None = None,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /v1/jobs``: the structures encoded as :meth:`Client.predict` sends them.
 
-    With ``relax`` (options as :meth:`Client.relax` takes them), the job relaxes the structures; fixed atoms come
-    from ase FixAtoms constraints.
+    With ``relax`` (options as :meth:`Client.relax` takes them), the job relaxes the structures; ``fixed`` gives
+    each one's fixed atoms, by default those of its ase FixAtoms constraints.
     """
     if not isinstance(structures, (list, tuple)):
         structures = [structures]
     body = settings.body([encode_structure(s) for s in structures], properties, model)
     if relax is not None:
         body["relax"] = dict(relax)
-        fixed = [fixed_atoms(s) for s in structures]
+        if fixed is None:
+            fixed = [fixed_atoms(s) for s in structures]
         if any(f is not None for f in fixed):
-            body["fixed"] = fixed
+            body["fixed"] = [None if f is None else [int(i) for i in f] for f in fixed]
     return body
 
 

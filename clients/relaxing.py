@@ -9,6 +9,9 @@ from typing import Any
 from .encoding import chunked, encode_structure
 from .results import RelaxResult
 
+#: Lists longer than this are relaxed through a server-side job (its progress is followed structure by structure,
+#: and no single request has to wait for thousands of relaxations).
+RELAX_DIRECT_LIMIT = 256
 #: Relaxation requests sent at once: the server relaxes all their structures in flight, so more requests in
 #: flight keep its batches full, and smaller ones let the progress bar move.
 RELAX_CONCURRENCY = 16
@@ -64,6 +67,13 @@ def relax_results(
         for result in results:
             if result.error is not None:
                 raise result.error
+    return converted(results, output)
+
+
+def converted(results: list[RelaxResult], output: str) -> list[Any]:
+    """The results as ``output`` asks: RelaxResults, ase.Atoms, or pymatgen Structures/Molecules."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if output == "ase":
         return [result.atoms for result in results]
     if output == "pymatgen":

@@ -13,7 +13,7 @@ from ase.build import bulk, molecule
 from ase.constraints import FixAtoms
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
-from mlipserve.clients import Client, RelaxResult
+from mlipserve.clients import Client, RelaxResult, relaxing
 from threadpoolctl import threadpool_limits
 
 from .relax_structures import relaxation_structures
@@ -141,11 +141,15 @@ def test_bad_relaxation_requests_name_the_problem(server_url: str) -> None:
         assert words in response.json()["error"]["message"], change
 
 
-def test_relaxation_job_streams_relax_results(client: Client) -> None:
+def test_relaxation_job_streams_relax_results(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     structures = [hfo2(), hfo2(2)]
     structures[1].set_constraint(FixAtoms(indices=[1]))
     results = client.run_job(structures, model="hfo2-cp0", relax={"fmax": 0.1, "relax_cell": False}, progress=False)
     direct = client.relax(structures, model="hfo2-cp0", fmax=0.1, relax_cell=False)
+    monkeypatch.setattr(relaxing, "RELAX_DIRECT_LIMIT", 1)  # client.relax of a long list goes through a job
+    through_job = client.relax(structures, model="hfo2-cp0", fmax=0.1, relax_cell=False, output="ase")
+    for atoms, from_request in zip(through_job, direct, strict=True):
+        np.testing.assert_allclose(atoms.positions, from_request.atoms.positions, atol=1e-6)
     for from_job, from_request in zip(results, direct, strict=True):
         assert isinstance(from_job, RelaxResult)
         assert from_job.steps == from_request.steps and from_job.converged == from_request.converged
