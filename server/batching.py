@@ -70,36 +70,45 @@ class AtomBudgetBatcher:
     def next_batch(self, relax_room: int | None = None, wait: bool = True) -> list[Task]:
         """Fill a batch from the queue; with ``wait``, block until a task comes (or the idle poll ends) first.
 
-        New relaxations may take ``relax_room`` atoms (default: the whole budget; a worker relaxing structures
-        passes what they leave free); plain predictions have the budget of their own, so they never wait for
-        relaxations to end. A single task larger than its room runs when the batch is otherwise empty.
+        Plain predictions and new relaxations have atom budgets of their own: ``max_atoms`` for predictions,
+        ``relax_room`` for relaxations (default: ``max_atoms``; a worker relaxing structures passes what they leave
+        free). Each kind keeps its order, but a prediction may pass a relaxation that waits for room, so
+        predictions are never held up by relaxations. A task larger than its whole budget runs alone.
         Without ``wait``, only what is queued now is taken, at once.
         """
         policy = self.policy
         room = self.max_atoms if relax_room is None else relax_room
+        if len(self._carry) < self._fetch_count:
+            timeout = policy.idle_poll if wait and not self._carry else 0.0
+            self._carry.extend(self.source.fetch(self._fetch_count - len(self._carry), timeout))
         if not self._carry:
-            self._carry.extend(self.source.fetch(self._fetch_count, policy.idle_poll if wait else 0.0))
-            if not self._carry:
-                return []
+            return []
         deadline = time.monotonic() + (policy.max_wait if wait else 0.0)
         batch: list[Task] = []
         atoms = {False: 0, True: 0}
+        full = {False: False, True: room <= 0}
         while True:
-            while self._carry and len(batch) < policy.max_structures:
-                task = self._carry[0]
+            kept: deque[Task] = deque()
+            for task in self._carry:
                 relax = task.relax is not None
                 limit = room if relax else self.max_atoms
-                if atoms[relax] + task.n_atoms > limit and (batch or (relax and room < self.max_atoms)):
-                    return batch
-                batch.append(self._carry.popleft())
-                atoms[relax] += task.n_atoms
+                alone = atoms[relax] == 0 and (not relax or room == self.max_atoms)
+                if full[relax] or len(batch) >= policy.max_structures:
+                    kept.append(task)
+                elif atoms[relax] + task.n_atoms <= limit or alone:
+                    batch.append(task)
+                    atoms[relax] += task.n_atoms
+                else:
+                    kept.append(task)
+                    full[relax] = True
+            self._carry = kept
             remaining = deadline - time.monotonic()
-            full = atoms[False] >= self.max_atoms or atoms[True] >= room
-            if full or len(batch) >= policy.max_structures or remaining <= 0:
+            if (full[False] and full[True]) or len(batch) >= policy.max_structures or remaining <= 0:
                 return batch
-            self._carry.extend(self.source.fetch(min(self._fetch_count, policy.max_structures - len(batch)), remaining))
-            if not self._carry:
+            fetched = self.source.fetch(min(self._fetch_count, policy.max_structures - len(batch)), remaining)
+            if not fetched:
                 return batch
+            self._carry.extend(fetched)
 
     def drain(self) -> list[Task]:
         """Hand back the tasks fetched but not yet batched."""

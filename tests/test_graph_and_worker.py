@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.build import bulk
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.batching import AtomBudgetBatcher, BatchPolicy
+from mlipserve.server.relaxation import RelaxOptions, RelaxSpec
 from mlipserve.server.tasks import Task, TaskResult
 from mlipserve.server.worker import Worker
 
@@ -135,3 +136,42 @@ def test_fail_pending_answers_every_queued_task() -> None:
     worker.fail_pending("worker stopped")
     assert sorted(r.task_id for r in source.delivered) == sorted(t.id for t in tasks)
     assert all(r.error_code == "worker_failed" for r in source.delivered)
+
+
+def relax_task(atoms: Atoms, **options: object) -> Task:
+    spec = RelaxSpec(RelaxOptions(**options))
+    return Task(id=f"r{next(counter)}", model="toy-lj", system=AtomicSystem.from_ase(atoms), properties=(), relax=spec)
+
+
+def test_worker_relaxes_in_flight_and_keeps_answering_predictions() -> None:
+    """Relaxations share each batch; a queued one joins when another ends; predictions are not held up."""
+    relaxations = [relax_task(argon_crystal(seed, (1, 1, 1)), fmax=1e-3, max_steps=40) for seed in range(3)]
+    source = ListSource(relaxations)
+    worker = Worker(LennardJonesPotential(), source, BatchPolicy(max_atoms=8, max_wait=0.0, idle_poll=0.01))
+    worker.step()
+    assert len(worker.relaxations) == 2  # the budget holds two 4-atom cells; the third waits
+    prediction = task(argon_cluster())
+    source.queue.put(prediction)
+    worker.step()
+    assert [r.task_id for r in source.delivered] == [prediction.id]  # answered in the next round
+    rounds = 2
+    while len(source.delivered) < 4:
+        worker.step()
+        rounds += 1
+        assert rounds < 200
+    ended = {r.task_id: r for r in source.delivered[1:]}
+    assert set(ended) == {t.id for t in relaxations}
+    assert all(r.relaxation.stop_reason == "max_steps" and r.relaxation.steps == 40 for r in ended.values())
+    assert rounds < 3 * 41  # the third started as soon as room freed, alongside the others' last steps
+
+
+def test_relaxation_that_makes_the_model_raise_fails_alone() -> None:
+    poisoned = Atoms("Og2", positions=[[0, 0, 0], [2.0, 0, 0]])
+    tasks = [relax_task(argon_cluster(), max_steps=3), relax_task(poisoned, max_steps=3)]
+    source = ListSource(tasks)
+    worker = Worker(LennardJonesPotential(), source, BatchPolicy(max_atoms=100, max_wait=0.0, idle_poll=0.01))
+    while len(source.delivered) < 2:
+        worker.step()
+    by_id = {r.task_id: r for r in source.delivered}
+    assert by_id[tasks[1].id].error_code == "model_error"
+    assert by_id[tasks[0].id].relaxation.steps == 3 and by_id[tasks[0].id].ok
