@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch, pinned before the model packages so none of them pulls a CUDA build.
 CONSTRAINTS ?= deploy/constraints-cpu.txt
-EXTRAS ?= sevenn,chgnet,dev
+EXTRAS ?= sevenn,chgnet,nequip,dev
 SERVE_ARGS ?=
 
 .PHONY: install serve test lint bench

@@ -7,11 +7,12 @@ server never loops over structures with a per-structure calculator.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from .cards import ModelCard
 from .system import AtomicSystem
@@ -86,6 +87,14 @@ class StructureRejected(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def reject_unknown_elements(model: str, numbers: np.ndarray, known: Collection[int]) -> None:
+    """Raise :class:`StructureRejected` naming the elements in ``numbers`` that are not in ``known``."""
+    unknown = sorted(set(np.unique(numbers).tolist()) - set(known))
+    if unknown:
+        symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
+        raise StructureRejected("unknown_element", f"{model} does not know {symbols}")
 
 
 class PropertyNotImplemented(ValueError):

@@ -20,7 +20,14 @@ from ase.data import chemical_symbols
 
 from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph
-from ..potential import ALL_PROPERTIES, FORCES, STRESS, Potential, Prediction, StructureRejected
+from ..potential import (
+    ALL_PROPERTIES,
+    FORCES,
+    STRESS,
+    Potential,
+    Prediction,
+    reject_unknown_elements,
+)
 from ..system import AtomicSystem
 
 try:  # sevenn is the optional dependency of this family; the registry reports a missing package clearly
@@ -93,10 +100,7 @@ class SevenNetPotential(Potential):
 
     def check(self, system: AtomicSystem) -> None:
         """Reject elements the checkpoint has no type index for (sevenn would map them to -1 silently)."""
-        unknown = set(np.unique(system.numbers).tolist()) - set(self.type_map)
-        if unknown:
-            symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
-            raise StructureRejected("unknown_element", f"{self.card.name} does not know {symbols}")
+        reject_unknown_elements(self.card.name, system.numbers, self.type_map)
 
     def predict_batch(
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES

@@ -1,0 +1,137 @@
+"""NequIP / Allegro backend: serves deployed NequIP-framework models, batched where the file allows it.
+
+Two file forms are served (see :mod:`.nequip_formats`): TorchScript files from ``nequip-deploy`` (nequip ≤ 0.6) and
+AOTInductor packages from ``nequip-compile --mode aotinductor`` (current nequip; ``--target batch`` for batched
+inference, ``--target ase`` one structure per call). Both run on torch alone; the ``nequip`` package is not needed.
+
+The cutoff and the atom type names are read from the file and checked against the card. A model's types are
+names, not elements: the card maps its elements to them with ``options.type_names`` (``{Li: Li, Cl: Cl}``), or,
+without that option, the type names must be exactly the card's element symbols.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+
+from ..cards import CardError, ModelCard
+from ..potential import (
+    ALL_PROPERTIES,
+    FORCES,
+    STRESS,
+    Potential,
+    Prediction,
+    reject_unknown_elements,
+)
+from ..system import AtomicSystem
+from .nequip_formats import (
+    TORCHSCRIPT,
+    AOTInductorModel,
+    LegacyTorchScriptModel,
+    UnsupportedModelFile,
+    sniff_format,
+)
+
+log = logging.getLogger(__name__)
+
+#: Card options this family understands.
+CARD_OPTIONS = frozenset({"type_names"})
+#: Volumes below this (Å³) count as "no cell": no stress is reported.
+_MIN_VOLUME = 1e-6
+
+
+def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> NequIPPotential:
+    """Load the deployed model ``checkpoint`` (already hash-checked) on ``device``."""
+    unknown = sorted(set(card.options) - CARD_OPTIONS)
+    if unknown:
+        raise CardError(f"{card.name}: unknown options {unknown} for family nequip; known: {sorted(CARD_OPTIONS)}")
+    try:
+        kind = sniff_format(checkpoint)
+        loader = LegacyTorchScriptModel if kind == TORCHSCRIPT else AOTInductorModel
+        model = loader(checkpoint, device)
+    except UnsupportedModelFile as error:
+        raise CardError(f"{card.name}: {error}") from error
+    return NequIPPotential(card, model, device)
+
+
+def atom_type_indices(card: ModelCard, type_names: Sequence[str]) -> dict[int, int]:
+    """Map each of the card's atomic numbers to the model's type index, checking the card against the file."""
+    mapping = card.options.get("type_names")
+    listed = ", ".join(type_names)
+    if mapping is None:
+        not_elements = [name for name in type_names if name not in atomic_numbers]
+        if not_elements:
+            raise CardError(
+                f"{card.name}: the model's type names ({listed}) are not all element symbols; map the card's elements "
+                "to them with options.type_names, e.g. {element: type name}"
+            )
+        if set(type_names) != set(card.elements):
+            raise CardError(
+                f"{card.name}: the card lists elements {' '.join(card.elements)}, "
+                f"but the model's type names are {listed}"
+            )
+        mapping = {name: name for name in type_names}
+    if not isinstance(mapping, dict):
+        raise CardError(f"{card.name}: options.type_names must map element symbols to the model's type names")
+    if set(mapping) != set(card.elements):
+        raise CardError(
+            f"{card.name}: options.type_names maps {' '.join(sorted(mapping))}, but the card lists elements "
+            f"{' '.join(card.elements)}; they must be the same"
+        )
+    unknown = sorted(str(name) for name in mapping.values() if name not in type_names)
+    if unknown:
+        raise CardError(f"{card.name}: options.type_names names types {unknown} that the model lacks (it has {listed})")
+    return {atomic_numbers[element]: list(type_names).index(name) for element, name in mapping.items()}
+
+
+class NequIPPotential(Potential):
+    """A deployed NequIP or Allegro model; energies, forces and (if the model computes it) stress."""
+
+    implemented_properties = ALL_PROPERTIES
+
+    def __init__(self, card: ModelCard, model: LegacyTorchScriptModel | AOTInductorModel, device: torch.device):
+        self.card = card
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = model.dtype
+        if abs(model.r_max - card.cutoff) > 1e-6:
+            raise CardError(f"{card.name}: the card says cutoff {card.cutoff} Å, the model file says {model.r_max} Å")
+        self.cutoff = model.r_max
+        self.type_index = atom_type_indices(card, model.type_names)
+        self.elements = frozenset(self.type_index)
+        self._lookup = np.full(len(chemical_symbols), -1, dtype=np.int64)
+        for number, index in self.type_index.items():
+            self._lookup[number] = index
+        if not model.has_stress:
+            log.info("%s: the model file computes no stress; stress will be null", card.name)
+
+    def check(self, system: AtomicSystem) -> None:
+        """Reject elements the card does not map to a model type."""
+        reject_unknown_elements(self.card.name, system.numbers, self.type_index)
+
+    def predict_batch(
+        self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
+    ) -> list[Prediction]:
+        """Evaluate ``systems``; stress is None for molecules and for models deployed without a stress output."""
+        for system in systems:
+            self.check(system)
+        output = self.model.evaluate(systems, [self._lookup[system.numbers] for system in systems])
+        offsets = np.concatenate([[0], np.cumsum([system.n_atoms for system in systems])])
+        predictions = []
+        for index, system in enumerate(systems):
+            prediction = Prediction(energy=float(output.energy[index]))
+            if FORCES in properties:
+                prediction.forces = output.forces[offsets[index] : offsets[index + 1]].copy()
+            if STRESS in properties and output.stress is not None and _has_volume(system):
+                prediction.stress = output.stress[index].copy()
+            predictions.append(prediction)
+        return predictions
+
+
+def _has_volume(system: AtomicSystem) -> bool:
+    return system.is_periodic and system.volume >= _MIN_VOLUME
