@@ -89,6 +89,36 @@ class StructureRejected(ValueError):
         self.message = message
 
 
+#: Cells below this volume (Å³) count as no cell: no stress is reported.
+MIN_VOLUME = 1e-6
+
+
+def has_volume(system: AtomicSystem) -> bool:
+    """Whether ``system`` is periodic with a cell of non-zero volume, i.e. has a stress."""
+    return system.is_periodic and system.volume >= MIN_VOLUME
+
+
+def split_batch(
+    systems: Sequence[AtomicSystem],
+    properties: Sequence[str],
+    energy: np.ndarray,
+    forces: np.ndarray | None = None,
+    stress: np.ndarray | None = None,
+) -> list[Prediction]:
+    """One Prediction per system from a batch's outputs: ``energy`` (k,), ``forces`` (atoms of all systems in
+    order, 3) and ``stress`` (k, 3, 3, ASE's sign); stress only for systems with a cell volume."""
+    offsets = np.concatenate([[0], np.cumsum([system.n_atoms for system in systems])])
+    predictions = []
+    for index, system in enumerate(systems):
+        prediction = Prediction(energy=float(energy[index]))
+        if FORCES in properties and forces is not None:
+            prediction.forces = forces[offsets[index] : offsets[index + 1]].copy()
+        if STRESS in properties and stress is not None and has_volume(system):
+            prediction.stress = stress[index].copy()
+        predictions.append(prediction)
+    return predictions
+
+
 def reject_unknown_elements(model: str, numbers: np.ndarray, known: Collection[int]) -> None:
     """Raise :class:`StructureRejected` naming the elements in ``numbers`` that are not in ``known``."""
     unknown = sorted(set(np.unique(numbers).tolist()) - set(known))

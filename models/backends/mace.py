@@ -25,7 +25,17 @@ from ase.data import chemical_symbols
 
 from ..cards import CardError, ModelCard
 from ..graph import neighbor_list
-from ..potential import ALL_PROPERTIES, FORCES, STRESS, Potential, Prediction, StructureRejected
+from ..potential import (
+    ALL_PROPERTIES,
+    FORCES,
+    MIN_VOLUME,
+    STRESS,
+    Potential,
+    Prediction,
+    StructureRejected,
+    has_volume,
+    split_batch,
+)
 from ..system import AtomicSystem
 
 #: The variable through which ``import mace`` switches off torch's ``weights_only`` default for the whole process.
@@ -56,8 +66,6 @@ with weights_only_kept():
 #: models) are refused by name.
 ENERGY_MODEL_CLASSES = ("MACE", "ScaleShiftMACE")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: Volumes below this (Å³) are treated as "no cell": no stress is reported.
-_MIN_VOLUME = 1e-6
 
 
 def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> MACEPotential:
@@ -117,7 +125,7 @@ class MACEPotential(Potential):
         for system in systems:
             self.check(system)
         need_forces = FORCES in properties or STRESS in properties
-        need_stress = STRESS in properties and any(_has_volume(system) for system in systems)
+        need_stress = STRESS in properties and any(has_volume(system) for system in systems)
         if need_forces:
             # Forces and stress are autograd derivatives; this must work under the caller's no_grad or
             # inference_mode, so the input tensors are made outside inference mode too.
@@ -130,16 +138,7 @@ class MACEPotential(Potential):
         energy = output["energy"].detach().cpu().double().numpy().reshape(-1)
         forces = output["forces"].detach().cpu().double().numpy() if need_forces else None
         stress = output["stress"].detach().cpu().double().numpy() if need_stress else None
-        offsets = np.concatenate([[0], np.cumsum([system.n_atoms for system in systems])])
-        predictions = []
-        for index, system in enumerate(systems):
-            prediction = Prediction(energy=float(energy[index]))
-            if FORCES in properties and forces is not None:
-                prediction.forces = forces[offsets[index] : offsets[index + 1]].copy()
-            if STRESS in properties and stress is not None and _has_volume(system):
-                prediction.stress = stress[index].copy()
-            predictions.append(prediction)
-        return predictions
+        return split_batch(systems, properties, energy, forces, stress)
 
     def _batch(self, systems: Sequence[AtomicSystem]) -> dict[str, torch.Tensor]:
         """The systems collated by mace's ``Batch.from_data_list`` into one graph, as the model's input dict."""
@@ -152,7 +151,7 @@ class MACEPotential(Potential):
         senders, receivers, unit_shifts = neighbor_list(system, self.cutoff)
         cell = _cell_with_volume(system)
         volume = float(np.linalg.det(cell))
-        reciprocal = 2 * np.pi * np.linalg.inv(cell.T) if abs(volume) > _MIN_VOLUME else np.zeros((3, 3))
+        reciprocal = 2 * np.pi * np.linalg.inv(cell.T) if abs(volume) > MIN_VOLUME else np.zeros((3, 3))
         types = torch.as_tensor(self._type_index[system.numbers])
         return AtomicData(
             edge_index=torch.as_tensor(np.stack([senders, receivers]), dtype=torch.long),
@@ -263,7 +262,3 @@ def _cell_with_volume(system: AtomicSystem) -> np.ndarray:
         if not system.pbc[axis] and np.linalg.norm(cell[axis]) < 1e-12:
             cell[axis] = np.eye(3)[axis]
     return cell
-
-
-def _has_volume(system: AtomicSystem) -> bool:
-    return system.is_periodic and system.volume >= _MIN_VOLUME

@@ -22,11 +22,10 @@ from ase.data import atomic_numbers, chemical_symbols
 from ..cards import CardError, ModelCard
 from ..potential import (
     ALL_PROPERTIES,
-    FORCES,
-    STRESS,
     Potential,
     Prediction,
     reject_unknown_elements,
+    split_batch,
 )
 from ..system import AtomicSystem
 from .nequip_formats import (
@@ -41,8 +40,6 @@ log = logging.getLogger(__name__)
 
 #: Card options this family understands.
 CARD_OPTIONS = frozenset({"type_names"})
-#: Volumes below this (Å³) count as "no cell": no stress is reported.
-_MIN_VOLUME = 1e-6
 
 
 def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> NequIPPotential:
@@ -121,17 +118,4 @@ class NequIPPotential(Potential):
         for system in systems:
             self.check(system)
         output = self.model.evaluate(systems, [self._lookup[system.numbers] for system in systems])
-        offsets = np.concatenate([[0], np.cumsum([system.n_atoms for system in systems])])
-        predictions = []
-        for index, system in enumerate(systems):
-            prediction = Prediction(energy=float(output.energy[index]))
-            if FORCES in properties:
-                prediction.forces = output.forces[offsets[index] : offsets[index + 1]].copy()
-            if STRESS in properties and output.stress is not None and _has_volume(system):
-                prediction.stress = output.stress[index].copy()
-            predictions.append(prediction)
-        return predictions
-
-
-def _has_volume(system: AtomicSystem) -> bool:
-    return system.is_periodic and system.volume >= _MIN_VOLUME
+        return split_batch(systems, properties, output.energy, output.forces, output.stress)

@@ -23,10 +23,12 @@ from ..graph import BatchedGraph, build_graph
 from ..potential import (
     ALL_PROPERTIES,
     FORCES,
+    MIN_VOLUME,
     STRESS,
     Potential,
     Prediction,
     reject_unknown_elements,
+    split_batch,
 )
 from ..system import AtomicSystem
 
@@ -39,8 +41,6 @@ try:  # sevenn is the optional dependency of this family; the registry reports a
 except ImportError as error:  # pragma: no cover - exercised only without sevenn
     raise ImportError(f"the SevenNet backend needs the 'sevenn' package: {error}") from error
 
-#: Volumes below this (Å³) are treated as "no cell": no stress is reported.
-_MIN_VOLUME = 1e-6
 #: SevenNet's stress order [xx, yy, zz, xy, yz, zx] -> rows/columns of the symmetric 3×3 matrix.
 _STRESS_INDEX = np.array([[0, 3, 5], [3, 1, 4], [5, 4, 2]])
 
@@ -122,16 +122,7 @@ class SevenNetPotential(Potential):
             # it and reorders it to Voigt); here it becomes the full symmetric matrix with ASE's sign.
             stress = -stress[:, _STRESS_INDEX]
 
-        offsets = graph.atom_offsets
-        predictions = []
-        for index, system in enumerate(systems):
-            prediction = Prediction(energy=float(energy[index]))
-            if FORCES in properties and forces is not None:
-                prediction.forces = forces[offsets[index] : offsets[index + 1]].copy()
-            if STRESS in properties and stress is not None and _has_volume(system):
-                prediction.stress = stress[index].copy()
-            predictions.append(prediction)
-        return predictions
+        return split_batch(systems, properties, energy, forces, stress)
 
     def _to_sevenn(self, graph: BatchedGraph) -> AtomGraphData:
         """The batched input of a SevenNet model (the keys a PyG ``Batch`` of ``AtomGraphData`` carries)."""
@@ -144,7 +135,7 @@ class SevenNetPotential(Potential):
         )
         # A system with no cell (a molecule) gets volume 1: sevenn divides its virial by the volume, and the
         # resulting (unused) stress must stay finite. Its stress is not reported.
-        volumes[volumes < _MIN_VOLUME] = 1.0
+        volumes[volumes < MIN_VOLUME] = 1.0
         data = AtomGraphData(
             x=numbers.clone(),  # placeholder: the model maps atomic numbers to its type indices into x
             edge_index=torch.as_tensor(np.stack([graph.senders, graph.receivers]), dtype=torch.int64, device=device),
@@ -183,7 +174,3 @@ def _numpy(output: AtomGraphData, key: str, shape: tuple[int, int]) -> np.ndarra
     if key not in output:
         return np.zeros(shape)
     return output[key].detach().cpu().double().numpy().reshape(shape)
-
-
-def _has_volume(system: AtomicSystem) -> bool:
-    return system.is_periodic and system.volume >= _MIN_VOLUME
