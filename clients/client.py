@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import jobs, relaxing
 from .encoding import chunked, encode_structure
-from .results import RequestFailed, Result
+from .results import RequestFailed, Result, collect
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 ALL_PROPERTIES = ("energy", "forces", "stress")
@@ -100,18 +100,6 @@ def _raise_for(response: httpx.Response) -> None:
     raise RequestFailed(response.status_code, code, message)
 
 
-def _collect(chunks: list[tuple[int, list[dict]]], payloads: list[dict[str, Any]], errors: str) -> list[Result]:
-    results: list[Result] = []
-    for (offset, _), payload in zip(chunks, payloads, strict=True):
-        model = payload["model"]
-        results.extend(Result.from_entry(i, offset, entry, model) for i, entry in enumerate(payload["results"]))
-    if errors == "raise":
-        for result in results:
-            if result.error is not None:
-                raise result.error
-    return results
-
-
 def _relax_options(arguments: dict[str, Any]) -> dict[str, Any]:
     """The relaxation options among a relax() call's arguments, as the request body names them."""
     names = ("fmax", "max_steps", "relax_cell", "hydrostatic_strain", "scalar_pressure", "trajectory_every")
@@ -161,7 +149,7 @@ class Client:
 
             with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
                 payloads = list(pool.map(send, chunks))
-        results = _collect(chunks, payloads, errors)
+        results = collect(chunks, payloads, errors)
         return results[0] if single else results
 
     def relax(
@@ -371,7 +359,7 @@ class AsyncClient:
                 return payload
 
             payloads = await asyncio.gather(*(send(chunk) for chunk in chunks))
-        results = _collect(chunks, list(payloads), errors)
+        results = collect(chunks, list(payloads), errors)
         return results[0] if single else results
 
     async def relax(

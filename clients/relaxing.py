@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .encoding import chunked, encode_structure
-from .results import RelaxResult
+from .results import RelaxResult, collect
 
 #: Lists longer than this are relaxed through a server-side job (its progress is followed structure by structure,
 #: and no single request has to wait for thousands of relaxations).
@@ -59,15 +59,7 @@ def relax_results(
     """Decode the answers; ``output`` "result" gives RelaxResults, "ase" Atoms, "pymatgen" Structures/Molecules."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    results: list[RelaxResult] = []
-    for (offset, _), payload in zip(chunks, payloads, strict=True):
-        model = payload["model"]
-        results.extend(RelaxResult.from_entry(i, offset, entry, model) for i, entry in enumerate(payload["results"]))
-    if errors == "raise":
-        for result in results:
-            if result.error is not None:
-                raise result.error
-    return converted(results, output)
+    return converted(collect(chunks, payloads, errors, RelaxResult), output)
 
 
 def converted(results: list[RelaxResult], output: str) -> list[Any]:

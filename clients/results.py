@@ -118,3 +118,19 @@ class RelaxResult(Result):
         if self.atoms.pbc.all():
             return AseAtomsAdaptor.get_structure(self.atoms)
         return AseAtomsAdaptor.get_molecule(self.atoms)
+
+
+def collect(
+    chunks: list[tuple[int, list[dict]]], payloads: list[dict[str, Any]], errors: str, kind: type[Result] = Result
+) -> list[Any]:
+    """Decode the answers to chunked requests (``chunks`` of ``(offset, structures)``) into ``kind`` results, in
+    input order; with ``errors="raise"`` the first failed structure raises its :class:`StructureFailed`."""
+    results = []
+    for (offset, _), payload in zip(chunks, payloads, strict=True):
+        model = payload["model"]
+        results.extend(kind.from_entry(i, offset, entry, model) for i, entry in enumerate(payload["results"]))
+    if errors == "raise":
+        for result in results:
+            if result.error is not None:
+                raise result.error
+    return results
