@@ -11,20 +11,8 @@ structure; here it is one batched ``expm`` of 6×6 block matrices, using the adj
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.linalg import expm
-
-
-@dataclass(frozen=True)
-class CellOptions:
-    """How one structure's cell may change (ASE's FrechetCellFilter arguments)."""
-
-    relax: bool = True
-    hydrostatic_strain: bool = False
-    #: Applied pressure, eV/Å³ (ASE's ``scalar_pressure``).
-    scalar_pressure: float = 0.0
 
 
 def deformation(log_strain: np.ndarray) -> np.ndarray:
