@@ -24,8 +24,6 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,9 @@ from mlipserve.server.tuning import tune_process
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from serving import served  # noqa: E402
+
 from tests.test_nequip_aotinductor import compile_command, finish, random_alloy, run, train, training_data  # noqa: E402
 from tests.test_nequip_torchscript import DEPLOYED, nequip_056_inputs  # noqa: E402
 
@@ -148,23 +149,17 @@ def batched_in_process(model_dir: Path, model: str, structures: list[Atoms], pol
 def http_server(
     model_dir: Path, model: str, structures: list[Atoms], policy: BatchPolicy, threads: int | None
 ) -> float:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "mlipserve.server.cli", "serve", "--port", str(port), "--model", model]
-    command += ["--model-dir", str(model_dir), "--device", "cpu", "--batch-atoms", str(policy.max_atoms)]
-    command += [] if threads is None else ["--threads", str(threads)]
-    server = subprocess.Popen([*command, "--log-level", "warning"])
-    try:
-        with Client(f"http://127.0.0.1:{port}", model=model, chunk_size=16, concurrency=8, progress=False) as client:
-            client.wait_until_ready(300)
-            client.predict(structures[:4])  # warm-up
-            start = time.perf_counter()
-            client.predict(structures)
-            return time.perf_counter() - start
-    finally:
-        server.terminate()
-        server.wait(30)
+    options = ["--model-dir", str(model_dir), "--batch-atoms", str(policy.max_atoms)]
+    options += [] if threads is None else ["--threads", str(threads)]
+    with (
+        served(model, *options) as url,
+        Client(url, model=model, chunk_size=16, concurrency=8, progress=False) as client,
+    ):
+        client.wait_until_ready(300)
+        client.predict(structures[:4])  # warm-up
+        start = time.perf_counter()
+        client.predict(structures)
+        return time.perf_counter() - start
 
 
 def main() -> None:

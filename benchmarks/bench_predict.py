@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from mlipserve.server.batching import BatchPolicy
 from mlipserve.server.tuning import tune_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import served
 from structures import benchmark_structures
 
 
@@ -67,22 +66,15 @@ def run_batched(model: str, structures: list, policy: BatchPolicy) -> float:
 
 
 def run_http(model: str, structures: list, policy: BatchPolicy) -> float:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "mlipserve.server.cli", "serve", "--port", str(port), "--model", model]
-    command += ["--device", "cpu", "--batch-atoms", str(policy.max_atoms), "--log-level", "warning"]
-    server = subprocess.Popen(command)
-    try:
-        with Client(f"http://127.0.0.1:{port}", model=model, chunk_size=16, concurrency=8, progress=False) as client:
-            client.wait_until_ready(300)
-            client.predict(structures[:4])  # warm-up
-            start = time.perf_counter()
-            client.predict(structures)
-            return time.perf_counter() - start
-    finally:
-        server.terminate()
-        server.wait(30)
+    with (
+        served(model, "--batch-atoms", str(policy.max_atoms)) as url,
+        Client(url, model=model, chunk_size=16, concurrency=8, progress=False) as client,
+    ):
+        client.wait_until_ready(300)
+        client.predict(structures[:4])  # warm-up
+        start = time.perf_counter()
+        client.predict(structures)
+        return time.perf_counter() - start
 
 
 def main() -> None:

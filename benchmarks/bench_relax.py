@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
-import subprocess
 import sys
 import time
 import warnings
@@ -28,6 +26,9 @@ from mlipserve.server.tuning import tune_process
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import served
+
 from tests.relax_structures import relaxation_structures
 
 
@@ -58,24 +59,13 @@ def run_ase(model: str, structures: list) -> tuple[float, list[dict]]:
 
 
 def run_server(model: str, structures: list, batch_atoms: int | None, threads: int) -> tuple[float, list[dict]]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "mlipserve.server.cli", "serve", "--port", str(port), "--model", model]
-    command += ["--device", "cpu", "--threads", str(threads), "--log-level", "warning"]
-    if batch_atoms:
-        command += ["--batch-atoms", str(batch_atoms)]
-    server = subprocess.Popen(command)
-    try:
-        with Client(f"http://127.0.0.1:{port}", model=model, progress=False) as client:
-            client.wait_until_ready(300)
-            client.relax(structures[:1], max_steps=2)  # warm-up
-            start = time.perf_counter()
-            results = client.relax(structures)
-            elapsed = time.perf_counter() - start
-    finally:
-        server.terminate()
-        server.wait(30)
+    options = ["--threads", str(threads)] + (["--batch-atoms", str(batch_atoms)] if batch_atoms else [])
+    with served(model, *options) as url, Client(url, model=model, progress=False) as client:
+        client.wait_until_ready(300)
+        client.relax(structures[:1], max_steps=2)  # warm-up
+        start = time.perf_counter()
+        results = client.relax(structures)
+        elapsed = time.perf_counter() - start
     return elapsed, [{"energy": r.energy, "steps": r.steps, "converged": r.converged} for r in results]
 
 
