@@ -24,6 +24,7 @@ def deformation(log_strain: np.ndarray) -> np.ndarray:
 
 def cell_forces(
     log_strain: np.ndarray,
+    deform: np.ndarray,
     stress: np.ndarray,
     volume: np.ndarray,
     hydrostatic: np.ndarray,
@@ -32,8 +33,9 @@ def cell_forces(
 ) -> np.ndarray:
     """Generalised forces on the cell rows of k structures (k, 3, 3).
 
-    ``log_strain`` is log F (k, 3, 3), ``stress`` the Cauchy stress in ASE's sign (k, 3, 3), ``volume`` the current
-    volumes, ``hydrostatic`` a boolean mask, ``pressure`` the applied pressures and ``factor`` the exp_cell_factors.
+    ``log_strain`` is log F (k, 3, 3), ``deform`` F itself, ``stress`` the Cauchy stress in ASE's sign (k, 3, 3),
+    ``volume`` the current volumes, ``hydrostatic`` a boolean mask, ``pressure`` the applied pressures and
+    ``factor`` the exp_cell_factors.
     """
     if len(log_strain) == 0:
         return np.zeros((0, 3, 3))
@@ -41,7 +43,6 @@ def cell_forces(
     virial = -volume[:, None, None] * (stress + pressure[:, None, None] * identity)
     trace = np.trace(virial, axis1=1, axis2=2)
     virial = np.where(hydrostatic[:, None, None], (trace / 3.0)[:, None, None] * identity, virial)
-    deform = expm(log_strain)
     unit_cell_gradient = virial @ np.linalg.inv(np.swapaxes(deform, 1, 2))
     return _expm_frechet_adjoint(log_strain, unit_cell_gradient) / factor[:, None, None]
 

@@ -124,7 +124,7 @@ class RelaxationSet:
 
     def systems(self) -> list[tuple[str, AtomicSystem]]:
         """Each member's current geometry, to evaluate."""
-        positions, cells = self._geometry()
+        positions, cells, _ = self._geometry()
         return [
             (m.key, AtomicSystem(m.start.numbers, p, c, m.start.pbc))
             for m, p, c in zip(self.members, positions, cells, strict=True)
@@ -135,8 +135,8 @@ class RelaxationSet:
 
         Members whose prediction is None are dropped without an outcome (the caller reports their error).
         """
-        positions, cells = self._geometry()
-        forces, stop, failed = self._generalised_forces(predictions, cells)
+        positions, cells, deform = self._geometry()
+        forces, stop, failed = self._generalised_forces(predictions, cells, deform)
         fmax = max_row_norm(forces, self.fire.owner, len(self.members))
         ended = []
         for i, member in enumerate(self.members):
@@ -163,7 +163,7 @@ class RelaxationSet:
         return ended
 
     def _generalised_forces(
-        self, predictions: dict[str, Prediction | None], cells: list[np.ndarray]
+        self, predictions: dict[str, Prediction | None], cells: list[np.ndarray], deform: np.ndarray
     ) -> tuple[np.ndarray, list[StopReason | None], np.ndarray]:
         """Forces on every row (atoms, then cell rows) as FrechetCellFilter defines them; which members exploded
         and which have no prediction."""
@@ -192,7 +192,6 @@ class RelaxationSet:
                     stop[i] = "exploded"
 
         log_strain, cell_index = self._log_strains()
-        deform = self._deformations(log_strain, cell_index, k)
         atom_rows = self._atom_row_mask()
         forces[atom_rows] = np.einsum("rj,rji->ri", forces[atom_rows], deform[owner[atom_rows]])
         with_cell = np.flatnonzero(cell_index >= 0)
@@ -201,6 +200,7 @@ class RelaxationSet:
         options = [self.members[i].spec.options for i in with_cell]
         generalised = cell_forces(
             log_strain[cell_index[with_cell]],
+            deform[with_cell],
             stress[with_cell],
             np.abs(np.linalg.det(np.stack([cells[i] for i in with_cell]))),
             np.array([o.hydrostatic_strain for o in options]),
@@ -259,8 +259,8 @@ class RelaxationSet:
         deform[with_cell] = deformation(log_strain)[cell_index[with_cell]]
         return deform
 
-    def _geometry(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Current positions and cells of every member."""
+    def _geometry(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """Current positions, cells and deformation gradients of every member."""
         log_strain, cell_index = self._log_strains()
         deform = self._deformations(log_strain, cell_index, len(self.members))
         positions, cells = [], []
@@ -268,4 +268,4 @@ class RelaxationSet:
             u = self.x[offset : offset + member.start.n_atoms]
             positions.append(u @ deform[i].T)
             cells.append(member.start.cell @ deform[i].T)
-        return positions, cells
+        return positions, cells, deform
