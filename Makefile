@@ -4,25 +4,38 @@ VENV ?= .venv
 # The CPU build of torch, pinned before the model packages so none of them pulls a CUDA build.
 CONSTRAINTS ?= deploy/constraints-cpu.txt
 EXTRAS ?= sevenn,chgnet,nequip,dev
-SERVE_ARGS ?=
+# The models the README's examples use; `make serve SERVE_ARGS="--model NAME ..."` chooses others.
+SERVE_ARGS ?= --model 7net-0 --model chgnet-0.3.0
+PIP = $(VENV)/bin/python -m pip install --quiet --progress-bar off
 
 .PHONY: install serve test lint bench
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	@echo "== creating $(VENV) (first time: about 3 minutes, 2 GB; later runs skip this)"
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -c $(CONSTRAINTS) torch
-	$(VENV)/bin/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	$(PIP) --upgrade pip
+	@echo "== installing CPU torch ($$(grep ^torch $(CONSTRAINTS)))"
+	$(PIP) -c $(CONSTRAINTS) torch
+	@echo "== installing mlipserve[$(EXTRAS)] and the model packages (sevenn, chgnet, nequip)"
+	$(PIP) -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
+	@echo "== $(VENV) ready: run .venv/bin/mlipserve, or 'source .venv/bin/activate' to put mlipserve on PATH"
 
-serve: install  ## install, then start the server on 127.0.0.1:8000 with SevenNet-0
+serve: install  ## install, then serve SevenNet-0 and CHGNet on 127.0.0.1:8000
+	@echo "== starting: $(VENV)/bin/mlipserve serve $(SERVE_ARGS)  (the models load in the background; /readyz says when)"
 	$(VENV)/bin/mlipserve serve $(SERVE_ARGS)
 
-lint: install
+lint: install  ## ruff, mypy (clients/, server/api/) and the layers' import rules (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	@# mypy and import-linter read a package from its folder; ours is mapped from models/, server/, clients/,
+	@# so they read a copy laid out as installed
+	rm -rf build/layout && mkdir -p build/layout/mlipserve
+	cp mlipserve/*.py build/layout/mlipserve/ && cp -r models server clients build/layout/mlipserve/
+	cd build/layout && $(abspath $(VENV))/bin/mypy --config-file $(abspath pyproject.toml)
+	cd build/layout && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports --no-cache $(abspath pyproject.toml)
 
 test: lint env-mace  ## install, lint, build the MACE worker environment, then run the test suite
 	$(VENV)/bin/python -m pytest
@@ -36,4 +49,5 @@ MACE_VENV ?= .venv-mace
 env-mace: $(MACE_VENV)/.installed  ## create .venv-mace (mlipserve[mace], editable) for `mlipserve worker` of MACE models
 
 $(MACE_VENV)/.installed: pyproject.toml $(CONSTRAINTS) deploy/mace/constraints.txt deploy/make-env.sh
+	@echo "== creating $(MACE_VENV), MACE's own worker environment (first time: about 4 minutes)"
 	PYTHON=$(PYTHON) TORCH_CONSTRAINTS=$(CONSTRAINTS) deploy/make-env.sh mace $(MACE_VENV)

@@ -20,7 +20,7 @@ from mlipserve.models.backends.ace import AcePotential
 from mlipserve.models.backends.ace_format import read_potential
 from mlipserve.models.cards import ModelCard
 from mlipserve.models.system import AtomicSystem
-from mlipserve.server.tuning import tune_process
+from mlipserve.server.engine.tuning import tune_process
 
 
 def structures(elements: tuple[str, ...], count: int, max_atoms: int, seed: int = 0) -> list[Atoms]:

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from mlipserve.models import AtomicSystem, ModelRegistry
-from mlipserve.server.tuning import configure_threads, tune_process
+from mlipserve.models.loading import load_model
+from mlipserve.server.engine.tuning import configure_threads, tune_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from structures import benchmark_structures
@@ -31,7 +32,7 @@ def main() -> None:
 
     structures = [atoms for atoms in benchmark_structures(256) if 30 <= len(atoms) <= 40][:16]
     systems = [AtomicSystem.from_ase(atoms) for atoms in structures]
-    potential = ModelRegistry().load(args.model, "cpu")
+    potential = load_model(ModelRegistry(), args.model, "cpu")
     potential.predict(systems[:2])  # warm-up
     print(f"{args.model}, {len(systems)} structures, {sum(s.n_atoms for s in systems)} atoms, tuned={not args.no_tune}")
     print("| batch size | seconds | minor page faults | peak RSS (MB) |\n|---|---|---|---|")

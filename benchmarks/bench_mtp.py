@@ -27,7 +27,7 @@ from mlipserve.models.backends.mtp import MTPPotential
 from mlipserve.models.backends.mtp_format import read_mtp
 from mlipserve.models.cards import ModelCard
 from mlipserve.models.system import AtomicSystem
-from mlipserve.server.tuning import tune_process
+from mlipserve.server.engine.tuning import tune_process
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mtp"
 DEFAULT_MTP = SHARED / "asemtp_FeCoNiCrAl_5species" / "pot.mtp"

@@ -33,16 +33,17 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.build import bulk
-from mlipserve.clients import Client
 from mlipserve.models import AtomicSystem, ModelRegistry
 from mlipserve.models.cards import file_sha256
-from mlipserve.server.batching import BatchPolicy
-from mlipserve.server.tuning import tune_process
+from mlipserve.models.loading import load_model
+from mlipserve.server.engine.batching import BatchPolicy
+from mlipserve.server.engine.tuning import tune_process
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from serving import served  # noqa: E402
+from timing import time_batched, time_served  # noqa: E402
 
 from tests.test_nequip_aotinductor import compile_command, finish, random_alloy, run, train, training_data  # noqa: E402
 from tests.test_nequip_torchscript import DEPLOYED, nequip_056_inputs  # noqa: E402
@@ -131,19 +132,8 @@ def torchscript_loop(structures: list[Atoms]) -> float:
 
 
 def batched_in_process(model_dir: Path, model: str, structures: list[Atoms], policy: BatchPolicy) -> float:
-    potential = ModelRegistry(model_dir).load(model, "cpu")
-    systems = [AtomicSystem.from_ase(atoms) for atoms in structures]
-    potential.predict(systems[:4])  # warm-up
-    start = time.perf_counter()
-    batch, atoms_in_batch = [], 0
-    for system in systems:
-        if batch and atoms_in_batch + system.n_atoms > policy.max_atoms:
-            potential.predict(batch)
-            batch, atoms_in_batch = [], 0
-        batch.append(system)
-        atoms_in_batch += system.n_atoms
-    potential.predict(batch)
-    return time.perf_counter() - start
+    potential = load_model(ModelRegistry(model_dir), model, "cpu")
+    return time_batched(potential, [AtomicSystem.from_ase(atoms) for atoms in structures], policy.max_atoms)
 
 
 def http_server(
@@ -151,15 +141,8 @@ def http_server(
 ) -> float:
     options = ["--model-dir", str(model_dir), "--batch-atoms", str(policy.max_atoms)]
     options += [] if threads is None else ["--threads", str(threads)]
-    with (
-        served(model, *options) as url,
-        Client(url, model=model, chunk_size=16, concurrency=8, progress=False) as client,
-    ):
-        client.wait_until_ready(300)
-        client.predict(structures[:4])  # warm-up
-        start = time.perf_counter()
-        client.predict(structures)
-        return time.perf_counter() - start
+    with served(model, *options) as url:
+        return time_served(url, model, structures)
 
 
 def main() -> None:

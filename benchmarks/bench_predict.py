@@ -18,14 +18,15 @@ import time
 from pathlib import Path
 
 import torch
-from mlipserve.clients import Client
 from mlipserve.models import AtomicSystem, ModelRegistry
-from mlipserve.server.batching import BatchPolicy
-from mlipserve.server.tuning import tune_process
+from mlipserve.models.loading import load_model
+from mlipserve.server.engine.batching import BatchPolicy
+from mlipserve.server.engine.tuning import tune_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import served
 from structures import benchmark_structures
+from timing import time_batched, time_served
 
 
 def ase_calculator(model: str):
@@ -50,31 +51,13 @@ def run_ase_loop(model: str, structures: list) -> float:
 
 
 def run_batched(model: str, structures: list, policy: BatchPolicy) -> float:
-    potential = ModelRegistry().load(model, "cpu")
-    systems = [AtomicSystem.from_ase(atoms) for atoms in structures]
-    potential.predict(systems[:4])  # warm-up
-    start = time.perf_counter()
-    batch, atoms_in_batch = [], 0
-    for system in systems:
-        if batch and atoms_in_batch + system.n_atoms > policy.max_atoms:
-            potential.predict(batch)
-            batch, atoms_in_batch = [], 0
-        batch.append(system)
-        atoms_in_batch += system.n_atoms
-    potential.predict(batch)
-    return time.perf_counter() - start
+    potential = load_model(ModelRegistry(), model, "cpu")
+    return time_batched(potential, [AtomicSystem.from_ase(atoms) for atoms in structures], policy.max_atoms)
 
 
 def run_http(model: str, structures: list, policy: BatchPolicy) -> float:
-    with (
-        served(model, "--batch-atoms", str(policy.max_atoms)) as url,
-        Client(url, model=model, chunk_size=16, concurrency=8, progress=False) as client,
-    ):
-        client.wait_until_ready(300)
-        client.predict(structures[:4])  # warm-up
-        start = time.perf_counter()
-        client.predict(structures)
-        return time.perf_counter() - start
+    with served(model, "--batch-atoms", str(policy.max_atoms)) as url:
+        return time_served(url, model, structures)
 
 
 def main() -> None:

@@ -20,11 +20,12 @@ import numpy as np
 import redis
 from ase.build import bulk
 from mlipserve.models.system import AtomicSystem
-from mlipserve.server.batching import BatchPolicy
-from mlipserve.server.redis_broker import RedisBroker
-from mlipserve.server.redis_worker import RedisTaskSource, RedisWorkerSettings
-from mlipserve.server.tasks import Task
-from mlipserve.server.worker import Worker
+from mlipserve.server.config import RedisWorkerSettings
+from mlipserve.server.engine.batching import BatchPolicy
+from mlipserve.server.engine.loop import Worker
+from mlipserve.server.engine.tasks import Task
+from mlipserve.server.transport.redis.broker import RedisBroker
+from mlipserve.server.transport.redis.worker import RedisTaskSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

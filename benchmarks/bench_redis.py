@@ -16,11 +16,8 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,19 +27,15 @@ import torch
 from ase.build import bulk
 from mlipserve.clients import Client
 from mlipserve.models import AtomicSystem, ModelRegistry
-from mlipserve.server.batching import BatchPolicy
-from mlipserve.server.tuning import tune_process
+from mlipserve.models.loading import load_model
+from mlipserve.server.engine.batching import BatchPolicy
+from mlipserve.server.engine.tuning import tune_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import free_port, private_redis
 from structures import benchmark_structures
 
 CLI = [sys.executable, "-m", "mlipserve.server.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -57,18 +50,8 @@ def processes(*commands: list[str]):
             process.wait(30)
 
 
-@contextmanager
-def private_redis():
-    port = free_port()
-    folder = tempfile.mkdtemp()
-    command = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
-    with processes([*command, "--dir", folder]):
-        time.sleep(0.5)
-        yield f"redis://127.0.0.1:{port}/0"
-
-
 def in_process(model: str, systems: list[AtomicSystem]) -> float:
-    potential = ModelRegistry().load(model, "cpu")
+    potential = load_model(ModelRegistry(), model, "cpu")
     budget = BatchPolicy().for_device("cpu").max_atoms
     potential.predict(systems[:4])
     start = time.perf_counter()

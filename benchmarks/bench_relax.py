@@ -22,7 +22,7 @@ import torch
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 from mlipserve.clients import Client
-from mlipserve.server.tuning import tune_process
+from mlipserve.server.engine.tuning import tune_process
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -6,8 +6,11 @@ from typing import Any
 
 from ase.calculators.calculator import CalculationFailed, Calculator, InputError, all_changes
 
-from .client import DEFAULT_URL, Client
-from .results import RequestFailed, StructureFailed
+from ..protocol import Property
+from .client import Client
+from .errors import RequestFailed, StructureFailed
+from .options import DEFAULT_URL
+from .results import Result
 
 
 class RemoteCalculator(Calculator):
@@ -19,23 +22,27 @@ class RemoteCalculator(Calculator):
     >>> atoms.calc = RemoteCalculator("http://127.0.0.1:8000", model="7net-0")  # doctest: +SKIP
     """
 
-    implemented_properties = ("energy", "free_energy", "forces", "stress")
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012 (ASE declares a list)
 
-    def __init__(self, url: str = DEFAULT_URL, model: str | None = None, client: Client | None = None, **kwargs: Any):
+    def __init__(
+        self, url: str = DEFAULT_URL, model: str | None = None, client: Client | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.client = client or Client(url, model=model, progress=False)
         self.model = model
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+    def calculate(self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        assert self.atoms is not None  # set by Calculator.calculate
         periodic = bool(self.atoms.pbc.any())
-        wanted = ["energy", "forces", "stress"] if periodic else ["energy", "forces"]
+        wanted: list[Property] = ["energy", "forces", "stress"] if periodic else ["energy", "forces"]
         try:
             result = self.client.predict(self.atoms, wanted, model=self.model, progress=False)
         except StructureFailed as error:
             raise InputError(str(error)) from error
         except RequestFailed as error:
             raise CalculationFailed(str(error)) from error
+        assert isinstance(result, Result)  # one structure in, one result out
         self.results = {"energy": result.energy, "free_energy": result.energy, "forces": result.forces}
         if periodic:
             self.results["stress"] = result.stress_voigt

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+#: A request's share of the caller's list: the index of its first structure there, and the encoded structures.
+Chunk = tuple[int, list[dict[str, Any]]]
+
+
+def as_list(structures: Any) -> tuple[bool, list[Any]]:
+    """Whether the caller gave one structure rather than a list or tuple, and the structures as a list."""
+    single = not isinstance(structures, (list, tuple))
+    return single, [structures] if single else list(structures)
 
 
 def encode_structure(structure: Any) -> dict[str, Any]:
@@ -45,11 +54,10 @@ def count_atoms(encoded: dict[str, Any]) -> int:
     return 0
 
 
-def chunked(
-    encoded: Sequence[dict[str, Any]], max_structures: int, max_atoms: int
-) -> Iterable[tuple[int, list[dict[str, Any]]]]:
+def chunked(encoded: Sequence[dict[str, Any]], max_structures: int, max_atoms: int) -> Iterator[Chunk]:
     """Split structures into requests of at most ``max_structures`` and ``max_atoms``; yields (start, chunk)."""
-    start, chunk, atoms = 0, [], 0
+    chunk: list[dict[str, Any]] = []
+    start, atoms = 0, 0
     for index, structure in enumerate(encoded):
         n = count_atoms(structure)
         if chunk and (len(chunk) >= max_structures or atoms + n > max_atoms):

@@ -1,55 +1,71 @@
-"""What :class:`~.client.Client` and :class:`~.client.AsyncClient` share for server-side jobs (``/v1/jobs``)."""
+"""Server-side jobs (``/v1/jobs``): the bodies that start one, its status, and the lines of its results stream."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 import orjson
 
-from .encoding import encode_structure
-from .relaxing import fixed_atoms
-from .results import RelaxResult, RequestFailed, Result
+from mlipserve.errors import ErrorCode
 
-FINAL_STATES = frozenset({"done", "cancelled", "failed"})
+from ..protocol import JobState, Property, RelaxOptions
+from .encoding import as_list, encode_structure
+from .errors import RequestFailed
+from .options import ErrorMode
+from .relaxing import FixedAtoms, fixed_lists
+from .results import RelaxResult, Result, checked
+
+
+class JobStatus(TypedDict, total=False):
+    """``GET /v1/jobs/{id}``: ``total`` is None until an uploaded file has been read."""
+
+    id: str
+    state: JobState
+    model: str
+    total: int | None
+    done: int
+    errors: int
+    created: str
+    finished: str | None
+    error: str | None
+    model_info: dict[str, Any] | None
 
 
 def job_body(
     structures: Any,
-    properties: Sequence[str],
+    properties: Sequence[Property],
     model: str | None,
-    settings: Any,
-    relax: dict[str, Any] | None = None,
-    fixed: Sequence[Sequence[int] | None] | None = None,
+    relax: RelaxOptions | Mapping[str, Any] | None = None,
+    fixed: FixedAtoms | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/jobs``: the structures encoded as :meth:`Client.predict` sends them.
+    """The JSON body of ``POST /v1/jobs`` (``model`` None: the server's), structures encoded as predict sends them.
 
-    With ``relax`` (options as :meth:`Client.relax` takes them), the job relaxes the structures; ``fixed`` gives
-    each one's fixed atoms, by default those of its ase FixAtoms constraints.
+    With ``relax``, the job relaxes the structures; ``fixed`` gives each one's fixed atoms, by default those of its
+    ase FixAtoms constraints.
     """
-    if not isinstance(structures, (list, tuple)):
-        structures = [structures]
-    body = settings.body([encode_structure(s) for s in structures], properties, model)
+    _, items = as_list(structures)
+    body: dict[str, Any] = {"structures": [encode_structure(s) for s in items], "properties": list(properties)}
+    if model:
+        body["model"] = model
     if relax is not None:
-        body["relax"] = dict(relax)
-        if fixed is None:
-            fixed = [fixed_atoms(s) for s in structures]
-        if any(f is not None for f in fixed):
-            body["fixed"] = [None if f is None else [int(i) for i in f] for f in fixed]
+        body["relax"] = RelaxOptions.of(relax).request()
+        fixed_atoms = fixed_lists(items, fixed)
+        if any(f is not None for f in fixed_atoms):
+            body["fixed"] = fixed_atoms
     return body
 
 
-def upload_fields(properties: Sequence[str], model: str | None, settings: Any) -> dict[str, str]:
+def upload_fields(properties: Sequence[Property], model: str | None) -> dict[str, str]:
     """The form fields that go with an uploaded extxyz file."""
     fields = {"properties": ",".join(properties)}
-    if model or settings.model:
-        fields["model"] = model or settings.model
+    if model:
+        fields["model"] = model
     return fields
 
 
-def upload_file(path: str | Path, handle: Any) -> dict[str, tuple[str, Any, str]]:
-    return {"file": (Path(path).name, handle, "chemical/x-extxyz")}
+def status_path(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
 
 
 def results_path(job_id: str) -> str:
@@ -57,39 +73,25 @@ def results_path(job_id: str) -> str:
 
 
 def decode_line(line: str | bytes, model: dict[str, Any]) -> tuple[int, Result]:
-    """One NDJSON line of a results stream: its index and its :class:`Result`."""
+    """One NDJSON line of a results stream: its index and its :class:`Result` (a RelaxResult for a relaxation)."""
     entry = orjson.loads(line)
     index = entry.pop("index")
     kind = RelaxResult if "stop_reason" in entry else Result
     return index, kind.from_entry(index, 0, entry, model)
 
 
-def check_finished(status: dict[str, Any]) -> None:
+def check_finished(status: JobStatus) -> None:
     """Raise :class:`RequestFailed` unless the job ended with every structure evaluated."""
     state = status["state"]
     if state == "failed":
-        raise RequestFailed(None, "job_failed", f"job {status['id']} failed: {status['error']}")
+        raise RequestFailed(None, ErrorCode.JOB_FAILED, f"job {status['id']} failed: {status['error']}")
     if state == "cancelled":
-        raise RequestFailed(None, "job_cancelled", f"job {status['id']} was cancelled")
+        raise RequestFailed(None, ErrorCode.JOB_CANCELLED, f"job {status['id']} was cancelled")
 
 
-def collect(results: list[Result], status: dict[str, Any], errors: str) -> list[Result]:
-    """The results of a finished job, as :meth:`Client.predict` returns them (``errors`` "raise" or "return")."""
+def finished(results: list[Result], status: JobStatus, errors: ErrorMode) -> list[Result]:
+    """The results of a finished job, as predict() returns them."""
     if len(results) != status["total"]:
-        raise RequestFailed(
-            None, "incomplete_job", f"job {status['id']}: got {len(results)} results of {status['total']}"
-        )
-    if errors == "raise":
-        for result in results:
-            if result.error is not None:
-                raise result.error
-    return results
-
-
-def show_progress(bar: Any, status: dict[str, Any]) -> None:
-    """Move a tqdm bar to the job's ``done`` of ``total``."""
-    if status["total"] is not None and bar.total != status["total"]:
-        bar.total = status["total"]
-        bar.refresh()
-    if status["done"] > bar.n:
-        bar.update(status["done"] - bar.n)
+        message = f"job {status['id']}: got {len(results)} results of {status['total']}"
+        raise RequestFailed(None, ErrorCode.INCOMPLETE_JOB, message)
+    return checked(results, errors)

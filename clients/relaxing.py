@@ -1,4 +1,4 @@
-"""What :class:`~.client.Client` and :class:`~.client.AsyncClient` share for relaxations (``/v1/relax``)."""
+"""Relaxation requests (``/v1/relax``): how a list is split, each request's body, and the shapes of the answer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .encoding import chunked, encode_structure
-from .results import RelaxResult, collect
+from ..protocol import RelaxOptions
+from .encoding import Chunk, chunked, encode_structure
+from .options import OUTPUTS, Output
+from .results import RelaxResult
 
 #: Lists longer than this are relaxed through a server-side job (its progress is followed structure by structure,
 #: and no single request has to wait for thousands of relaxations).
@@ -15,7 +17,8 @@ RELAX_DIRECT_LIMIT = 256
 #: Relaxation requests sent at once: the server relaxes all their structures in flight, so more requests in
 #: flight keep its batches full, and smaller ones let the progress bar move.
 RELAX_CONCURRENCY = 16
-OUTPUTS = ("result", "ase", "pymatgen")
+
+FixedAtoms = Sequence[Sequence[int] | None]
 
 
 def fixed_atoms(structure: Any) -> list[int] | None:
@@ -26,25 +29,29 @@ def fixed_atoms(structure: Any) -> list[int] | None:
     return sorted(set(indices)) or None
 
 
-def relax_chunks(
-    structures: Any, fixed: Sequence[Sequence[int] | None] | None, chunk_size: int, chunk_atoms: int
-) -> tuple[bool, list[tuple[int, list[dict]]], list[list[int] | None], int]:
-    """Encode the structures and split them into requests; also each structure's fixed atoms."""
-    single = not isinstance(structures, (list, tuple))
-    items = [structures] if single else list(structures)
-    if fixed is not None and len(fixed) != len(items):
-        raise ValueError(f"fixed has {len(fixed)} entries for {len(items)} structures")
-    fixed_lists = [list(f) if f is not None else None for f in fixed] if fixed else [fixed_atoms(s) for s in items]
-    size = max(1, min(chunk_size, math.ceil(len(items) / RELAX_CONCURRENCY)))
-    chunks = list(chunked([encode_structure(s) for s in items], size, chunk_atoms))
-    return single, chunks, fixed_lists, len(items)
+def fixed_lists(structures: Sequence[Any], fixed: FixedAtoms | None) -> list[list[int] | None]:
+    """Each structure's fixed atom indices: from ``fixed`` when given, else from its FixAtoms constraints."""
+    if fixed is None:
+        return [fixed_atoms(s) for s in structures]
+    return [None if f is None else [int(i) for i in f] for f in fixed]
 
 
-def relax_body(
-    chunk: tuple[int, list[dict]], fixed: list[list[int] | None], options: dict[str, Any], model: str | None
-) -> dict[str, Any]:
+def check_fixed(structures: Sequence[Any], fixed: FixedAtoms | None) -> None:
+    """Refuse a ``fixed`` list that does not give one entry per structure."""
+    if fixed is not None and len(fixed) != len(structures):
+        raise ValueError(f"fixed has {len(fixed)} entries for {len(structures)} structures")
+
+
+def relax_chunks(structures: Sequence[Any], chunk_size: int, chunk_atoms: int) -> list[Chunk]:
+    """Encode the structures and split them into requests, small enough to keep RELAX_CONCURRENCY in flight."""
+    size = max(1, min(chunk_size, math.ceil(len(structures) / RELAX_CONCURRENCY)))
+    return list(chunked([encode_structure(s) for s in structures], size, chunk_atoms))
+
+
+def relax_body(chunk: Chunk, fixed: list[list[int] | None], options: RelaxOptions, model: str | None) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/relax`` for one chunk; ``fixed`` holds every structure's fixed atoms."""
     start, structures = chunk
-    body: dict[str, Any] = {"structures": structures, **options}
+    body: dict[str, Any] = {"structures": structures, **options.request()}
     chunk_fixed = fixed[start : start + len(structures)]
     if any(f is not None for f in chunk_fixed):
         body["fixed"] = chunk_fixed
@@ -53,16 +60,7 @@ def relax_body(
     return body
 
 
-def relax_results(
-    chunks: list[tuple[int, list[dict]]], payloads: list[dict[str, Any]], errors: str, output: str
-) -> list[Any]:
-    """Decode the answers; ``output`` "result" gives RelaxResults, "ase" Atoms, "pymatgen" Structures/Molecules."""
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    return converted(collect(chunks, payloads, errors, RelaxResult), output)
-
-
-def converted(results: list[RelaxResult], output: str) -> list[Any]:
+def converted(results: list[RelaxResult], output: Output) -> list[Any]:
     """The results as ``output`` asks: RelaxResults, ase.Atoms, or pymatgen Structures/Molecules."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -70,4 +68,4 @@ def converted(results: list[RelaxResult], output: str) -> list[Any]:
         return [result.atoms for result in results]
     if output == "pymatgen":
         return [result.to_pymatgen() for result in results]
-    return results
+    return list(results)

@@ -1,35 +1,19 @@
-"""What the client returns: one :class:`Result` per structure, and the errors it may raise."""
+"""What the clients return: one :class:`Result` (or :class:`RelaxResult`) per structure, decoded from an answer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from ..protocol import StopReason
+from .errors import StructureFailed
+from .options import ErrorMode
 
-class MLIPServeError(Exception):
-    """Base of the client's errors."""
-
-
-class RequestFailed(MLIPServeError):
-    """The server refused a request (4xx/5xx) or could not be reached after the retries."""
-
-    def __init__(self, status: int | None, code: str, message: str):
-        super().__init__(f"{message} [{code}{f', HTTP {status}' if status else ''}]")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-class StructureFailed(MLIPServeError):
-    """The server could not evaluate one structure (bad input, or the model failed on it)."""
-
-    def __init__(self, index: int, code: str, message: str):
-        super().__init__(f"{message} [{code}]")
-        self.index = index
-        self.code = code
-        self.message = message
+R = TypeVar("R", bound="Result")
+RR = TypeVar("RR", bound="RelaxResult")
 
 
 @dataclass
@@ -56,7 +40,7 @@ class Result:
         return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
     @classmethod
-    def from_entry(cls, local_index: int, offset: int, entry: dict[str, Any], model: dict[str, Any]) -> Result:
+    def from_entry(cls: type[R], local_index: int, offset: int, entry: dict[str, Any], model: dict[str, Any]) -> R:
         """Decode entry ``local_index`` of a request whose first structure is ``offset`` in the user's list."""
         if "error" in entry:
             error, index = entry["error"], offset + local_index
@@ -79,13 +63,13 @@ class RelaxResult(Result):
     atoms: Any = None
     steps: int | None = None
     converged: bool | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     fmax: float | None = None
     #: ase.Atoms frames (energy in ``atoms.info["energy"]``, step in ``atoms.info["step"]``) if requested.
     trajectory: list[Any] = field(default_factory=list)
 
     @classmethod
-    def from_entry(cls, local_index: int, offset: int, entry: dict[str, Any], model: dict[str, Any]) -> RelaxResult:
+    def from_entry(cls: type[RR], local_index: int, offset: int, entry: dict[str, Any], model: dict[str, Any]) -> RR:
         base = Result.from_entry(local_index, offset, entry, model)
         result = cls(**{name: getattr(base, name) for name in Result.__dataclass_fields__})
         if base.error is not None:
@@ -121,14 +105,22 @@ class RelaxResult(Result):
 
 
 def collect(
-    chunks: list[tuple[int, list[dict]]], payloads: list[dict[str, Any]], errors: str, kind: type[Result] = Result
-) -> list[Any]:
+    chunks: Sequence[tuple[int, list[dict[str, Any]]]],
+    payloads: Sequence[dict[str, Any]],
+    errors: ErrorMode,
+    kind: type[R],
+) -> list[R]:
     """Decode the answers to chunked requests (``chunks`` of ``(offset, structures)``) into ``kind`` results, in
     input order; with ``errors="raise"`` the first failed structure raises its :class:`StructureFailed`."""
-    results = []
+    results: list[R] = []
     for (offset, _), payload in zip(chunks, payloads, strict=True):
         model = payload["model"]
         results.extend(kind.from_entry(i, offset, entry, model) for i, entry in enumerate(payload["results"]))
+    return checked(results, errors)
+
+
+def checked(results: list[R], errors: ErrorMode) -> list[R]:
+    """``results``, unless ``errors="raise"`` and one failed: then its :class:`StructureFailed` is raised."""
     if errors == "raise":
         for result in results:
             if result.error is not None:

@@ -115,10 +115,6 @@ class ModelCard:
         return card
 
     @property
-    def installed(self) -> bool:
-        return self.is_installed()
-
-    @property
     def atomic_numbers(self) -> frozenset[int]:
         return frozenset(atomic_numbers[symbol] for symbol in self.elements)
 

@@ -1,49 +1,64 @@
 """The Potential contract: a batch of atomic systems in; energy, forces and stress out.
 
 Every model family implements :class:`Potential`. A backend evaluates the whole batch in one forward pass; the
-server never loops over structures with a per-structure calculator.
+server never loops over structures with a per-structure calculator. A potential's elements, cutoff and implemented
+properties are its own (read from its checkpoint); its card is checked against them at load (:func:`check_card`),
+which ``models/loading.py`` runs.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from .cards import ModelCard
+from .cards import CardError, ModelCard
+from .checks import StructureRejected, check_elements
+from .prediction import ALL_PROPERTIES, ENERGY, FORCES, STRESS, Prediction
 from .system import AtomicSystem
 
-ENERGY, FORCES, STRESS = "energy", "forces", "stress"
-ALL_PROPERTIES: tuple[str, ...] = (ENERGY, FORCES, STRESS)
+__all__ = [
+    "ALL_PROPERTIES",
+    "ENERGY",
+    "FORCES",
+    "MIN_VOLUME",
+    "STRESS",
+    "Backend",
+    "Potential",
+    "Prediction",
+    "PropertyNotImplemented",
+    "StructureRejected",
+    "check_card",
+    "check_elements",
+    "divide_by_volume",
+    "has_volume",
+    "needs_gradients",
+    "pick_device",
+    "split_batch",
+]
 
-
-@dataclass
-class Prediction:
-    """Results for one system in ASE units and sign conventions.
-
-    ``stress`` is the Cauchy stress in eV/Å³ with ASE's sign (tensile positive, ``(1/V) dE/dstrain``);
-    None for a non-periodic system or when it was not requested.
-    """
-
-    energy: float
-    forces: np.ndarray | None = None  # (n, 3) eV/Å
-    stress: np.ndarray | None = None  # (3, 3) eV/Å³
+#: Cells below this volume (Å³) count as no cell: no stress is reported.
+MIN_VOLUME = 1e-6
+#: How far (Å) a card's cutoff may lie from its potential's.
+CUTOFF_TOLERANCE = 1e-6
 
 
 class Potential(abc.ABC):
     """A machine-learned interatomic potential that evaluates batches of systems.
 
-    Subclasses set the attributes below in ``__init__`` and implement :meth:`predict_batch`.
+    Subclasses set the attributes below in ``__init__``, from the loaded model, and implement
+    :meth:`predict_batch`; :meth:`check_structure` is for a family's own limits.
     """
 
     card: ModelCard
     #: Properties this potential can compute, a subset of :data:`ALL_PROPERTIES`.
     implemented_properties: tuple[str, ...] = ALL_PROPERTIES
-    #: Atomic numbers the model was trained on.
+    #: Atomic numbers the model covers.
     elements: frozenset[int]
     #: Interaction cutoff in Å.
     cutoff: float
@@ -54,10 +69,16 @@ class Potential(abc.ABC):
     def predict_batch(
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
     ) -> list[Prediction]:
-        """Evaluate all ``systems`` in one batch and return one :class:`Prediction` each, in order."""
+        """Evaluate all ``systems`` in one batch and return one :class:`Prediction` each, in order.
 
-    def predict(self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES) -> list[Prediction]:
-        """Check the request against the contract, then evaluate the batch."""
+        Forces and stress are computed only when ``properties`` asks for them, where the model allows it.
+        """
+
+    def predict(
+        self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES, *, checked: bool = False
+    ) -> list[Prediction]:
+        """Check the request and each system (:meth:`check`, unless ``checked`` says the caller did), then evaluate
+        the batch."""
         unknown = set(properties) - set(self.implemented_properties)
         if unknown:
             raise PropertyNotImplemented(
@@ -66,36 +87,77 @@ class Potential(abc.ABC):
             )
         if not systems:
             return []
+        if not checked:
+            for system in systems:
+                self.check(system)
         return self.predict_batch(systems, properties)
 
     def check(self, system: AtomicSystem) -> None:
-        """Raise :class:`StructureRejected` if this model cannot evaluate ``system``; the default accepts all.
+        """Raise :class:`StructureRejected` if this model cannot evaluate ``system``: an element it does not cover
+        (:func:`check_elements` with :attr:`elements`), or a limit of its family (:meth:`check_structure`)."""
+        check_elements(self.card.name, system.numbers, self.elements)
+        self.check_structure(system)
 
-        The server calls this for each structure before queueing it, so one bad structure never reaches a batch.
-        Generic checks (elements, NaN, overlaps, cell) are done by the server; this hook is for the family's own
-        limits (e.g. an atom with no neighbour within the cutoff).
-        """
+    def check_structure(self, system: AtomicSystem) -> None:
+        """The family's own limits (e.g. an atom with no neighbour within the cutoff); the default accepts all."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.card.name!r}, device={self.device}, dtype={self.dtype})"
 
 
-class StructureRejected(ValueError):
-    """A structure this model cannot evaluate; ``code`` is a short machine-readable reason."""
+class Backend(Protocol):
+    """A family's backend module, as the registry imports it."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def load_potential(self, card: ModelCard, checkpoint: Path, device: torch.device) -> Potential:
+        """Build the Potential of ``card`` from ``checkpoint`` (already hash-checked) on ``device``."""
+        ...
 
 
-#: Cells below this volume (Å³) count as no cell: no stress is reported.
-MIN_VOLUME = 1e-6
+class PropertyNotImplemented(ValueError):
+    """A property was asked for that the potential does not compute."""
+
+
+def check_card(card: ModelCard, potential: Potential) -> None:
+    """Check ``card`` against the loaded potential, and narrow the potential to the card's elements.
+
+    A card may narrow what a model covers, never widen it: every element it lists must be one the potential was
+    built for, and the cutoffs must agree. A card listing fewer elements (CHGNet's embedding reaches Pu, its card
+    lists the elements of its training set) narrows the potential to them, so the card and the model give one
+    answer. A family whose files name no elements (MTP) takes them from the card and checks its species count.
+    """
+    listed, covered = card.atomic_numbers, frozenset(potential.elements)
+    if not listed <= covered:
+        raise CardError(
+            f"model card {card.name!r} lists elements {_symbols(listed)}, but the loaded potential covers "
+            f"{_symbols(covered)} (only in the card: {_symbols(listed - covered)}); list only elements the model "
+            f"covers in the card's `elements`"
+        )
+    if abs(card.cutoff - potential.cutoff) > CUTOFF_TOLERANCE:
+        raise CardError(
+            f"model card {card.name!r} says cutoff {card.cutoff} Å, but the loaded potential's cutoff is "
+            f"{potential.cutoff} Å; set `cutoff: {potential.cutoff}` in the card"
+        )
+    potential.elements = listed
+
+
+def _symbols(numbers: Collection[int]) -> str:
+    return " ".join(chemical_symbols[z] for z in sorted(numbers))
+
+
+def needs_gradients(properties: Collection[str]) -> bool:
+    """Whether ``properties`` asks for a derivative of the energy (forces or stress)."""
+    return FORCES in properties or STRESS in properties
 
 
 def has_volume(system: AtomicSystem) -> bool:
     """Whether ``system`` is periodic with a cell of non-zero volume, i.e. has a stress."""
     return system.is_periodic and system.volume >= MIN_VOLUME
+
+
+def divide_by_volume(systems: Sequence[AtomicSystem], virials: np.ndarray) -> np.ndarray:
+    """``virials`` (k, 3, 3) over each system's cell volume: stresses; zero for a system without one."""
+    volumes = np.array([system.volume if has_volume(system) else np.inf for system in systems])
+    return virials / volumes[:, None, None]
 
 
 def split_batch(
@@ -117,18 +179,6 @@ def split_batch(
             prediction.stress = stress[index].copy()
         predictions.append(prediction)
     return predictions
-
-
-def reject_unknown_elements(model: str, numbers: np.ndarray, known: Collection[int]) -> None:
-    """Raise :class:`StructureRejected` naming the elements in ``numbers`` that are not in ``known``."""
-    unknown = sorted(set(np.unique(numbers).tolist()) - set(known))
-    if unknown:
-        symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
-        raise StructureRejected("unknown_element", f"{model} does not know {symbols}")
-
-
-class PropertyNotImplemented(ValueError):
-    """A property was asked for that the potential does not compute."""
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:

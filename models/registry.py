@@ -1,7 +1,9 @@
-"""The model registry: maps a model name to its card and its family's loader.
+"""The model registry: maps a model name to its card; ``FAMILIES`` maps a card's family to its backend module.
 
-Built-in cards ship with mlipserve; user cards are ``*.yaml`` files in the model directory. Each family's backend
-is imported only when one of its models is loaded, so a worker environment needs only its own family's package.
+Built-in cards ship with mlipserve; user cards are ``*.yaml`` files in the model directory. Reading cards imports
+no model framework (not even torch), so the HTTP front end uses the registry; loading a model is the job of
+:mod:`.loading`, which imports a family's backend only when one of its models is loaded. A card that cannot be
+used is kept out, with the reason, in :attr:`ModelRegistry.problems`.
 """
 
 from __future__ import annotations
@@ -10,27 +12,44 @@ import difflib
 import importlib
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
-import torch
+import yaml
 
 from .cards import CardError, ModelCard
-from .potential import Potential, pick_device
+
+if TYPE_CHECKING:
+    from .potential import Backend
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "7net-0"
 DEFAULT_MODEL_DIR = Path("~/.mlipserve/models").expanduser()
 
-#: family -> (backend module, the distribution it needs, the pip extra that installs it)
-FAMILIES: dict[str, tuple[str, str, str]] = {
-    "sevennet": ("mlipserve.models.backends.sevennet", "sevenn", "sevenn"),
-    "chgnet": ("mlipserve.models.backends.chgnet", "chgnet", "chgnet"),
-    "mtp": ("mlipserve.models.backends.mtp", "torch", "torch"),
-    "ace": ("mlipserve.models.backends.ace", "torch", "torch"),
-    "mace": ("mlipserve.models.backends.mace", "mace-torch", "mace"),
-    "nequip": ("mlipserve.models.backends.nequip", "torch", "torch"),
+
+@dataclass(frozen=True)
+class Family:
+    """Where a model family's backend lives and what it needs."""
+
+    module: str  #: the backend module, which provides ``load_potential`` (:class:`~.potential.Backend`)
+    distribution: str  #: the package it needs
+    extra: str  #: the pip extra of mlipserve that installs that package
+
+    def backend(self) -> Backend:
+        """Import the backend module."""
+        return cast("Backend", importlib.import_module(self.module))
+
+
+FAMILIES: dict[str, Family] = {
+    "sevennet": Family("mlipserve.models.backends.sevennet", "sevenn", "sevenn"),
+    "chgnet": Family("mlipserve.models.backends.chgnet", "chgnet", "chgnet"),
+    "mtp": Family("mlipserve.models.backends.mtp", "torch", "torch"),
+    "ace": Family("mlipserve.models.backends.ace", "torch", "torch"),
+    "mace": Family("mlipserve.models.backends.mace", "mace-torch", "mace"),
+    "nequip": Family("mlipserve.models.backends.nequip", "torch", "torch"),
 }
 
 
@@ -41,44 +60,65 @@ class UnknownModel(KeyError):
         return str(self.args[0])
 
 
-class BackendUnavailable(RuntimeError):
-    """The model's family needs a package that is not installed in this environment."""
+class UnusableCard(UnknownModel, CardError):
+    """A card of that name exists but could not be used (the reason is in the message)."""
+
+
+def builtin_card_files() -> list[Path]:
+    """The files of the cards that ship inside mlipserve."""
+    folder = resources.files("mlipserve.models").joinpath("cards")
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    return [Path(str(folder.joinpath(name))) for name in names]
 
 
 def builtin_cards() -> list[ModelCard]:
     """The cards that ship inside mlipserve."""
-    folder = resources.files("mlipserve.models").joinpath("cards")
-    return [
-        ModelCard.from_yaml(Path(str(entry)), builtin=True)
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
-        if entry.name.endswith(".yaml")
-    ]
+    return [ModelCard.from_yaml(path, builtin=True) for path in builtin_card_files()]
 
 
 class ModelRegistry:
-    """Model cards by name: the built-in ones, then those found in ``model_dir`` (which may override them)."""
+    """Model cards by name: the built-in ones, then those found in ``model_dir`` (which may override them).
+
+    :attr:`problems` maps the name of each card that could not be used (its YAML ``name``, else its file's stem) to
+    the reason; :meth:`card` refuses such a name with that reason.
+    """
 
     def __init__(self, model_dir: Path | str | None = None, extra_cards: Iterable[ModelCard] = ()):
         self.model_dir = Path(model_dir).expanduser() if model_dir else DEFAULT_MODEL_DIR
         self._cards: dict[str, ModelCard] = {}
-        self.problems: list[str] = []
-        for card in builtin_cards():
+        self._files: dict[str, Path] = {}  # the file of each card in problems
+        self.problems: dict[str, str] = {}
+        for path in builtin_card_files():
+            card = ModelCard.from_yaml(path, builtin=True)
             try:  # a built-in card whose file the user brings is resolved (and its hash pin read) in model_dir
-                self._cards[card.name] = card.in_model_dir(self.model_dir)
+                self._add(card.in_model_dir(self.model_dir))
             except CardError as error:
-                self.problems.append(str(error))
-                self._cards[card.name] = card.in_model_dir(self.model_dir, read_pin=False)
+                self._refuse(card.name, path, error)
         if self.model_dir.is_dir():
             for path in sorted(self.model_dir.glob("*.y*ml")):
-                try:
-                    card = ModelCard.from_yaml(path)
-                except CardError as error:
-                    self.problems.append(str(error))
-                    log.warning("skipping model card %s: %s", path, error)
-                    continue
-                self._cards[card.name] = card
+                self._read_user_card(path)
         for card in extra_cards:
-            self._cards[card.name] = card
+            self._add(card)
+
+    def _read_user_card(self, path: Path) -> None:
+        """Add the card in ``path`` if it is well formed and its checkpoint lies inside the model directory."""
+        try:
+            card = ModelCard.from_yaml(path)
+            card.checkpoint_path()  # refuses a path that leaves the model directory; the hash is checked at load
+        except CardError as error:
+            self._refuse(_card_name(path), path, error)
+            return
+        self._add(card)
+
+    def _add(self, card: ModelCard) -> None:
+        self._cards[card.name] = card
+        self.problems.pop(card.name, None)
+
+    def _refuse(self, name: str, path: Path, error: CardError) -> None:
+        log.warning("model card %r (%s) could not be used: %s", name, path, error)
+        self._cards.pop(name, None)
+        self.problems[name] = str(error)
+        self._files[name] = path
 
     def names(self) -> list[str]:
         return sorted(self._cards)
@@ -87,32 +127,21 @@ class ModelRegistry:
         return [self._cards[name] for name in self.names()]
 
     def card(self, name: str) -> ModelCard:
+        if name in self.problems:
+            raise UnusableCard(f"model card {name!r} ({self._files[name]}) could not be used: {self.problems[name]}")
         try:
             return self._cards[name]
         except KeyError:
-            close = difflib.get_close_matches(name, self._cards, n=3)
+            close = difflib.get_close_matches(name, [*self._cards, *self.problems], n=3)
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
             raise UnknownModel(f"unknown model {name!r}{hint}; known models: {', '.join(self.names())}") from None
 
-    def load(self, name: str, device: str | torch.device | None = None) -> Potential:
-        """Verify the checkpoint's hash, then build the model's Potential on ``device`` (default: CUDA if any)."""
-        card = self.card(name)
-        backend = load_backend(card.family)
-        checkpoint = card.verified_checkpoint()
-        potential = backend.load_potential(card, checkpoint, pick_device(device))
-        log.info("loaded %s (%s %s) on %s", card.name, card.family, card.version, potential.device)
-        return potential
 
-
-def load_backend(family: str):
-    """Import a family's backend module, with a clear error when its package is missing."""
-    if family not in FAMILIES:
-        raise CardError(f"unknown model family {family!r}; known families: {', '.join(sorted(FAMILIES))}")
-    module, distribution, extra = FAMILIES[family]
+def _card_name(path: Path) -> str:
+    """The ``name`` in a card file, or the file's stem when the file cannot be read as a card."""
     try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise BackendUnavailable(
-            f"model family {family!r} needs the {distribution!r} package, which is not importable here "
-            f"({error}); install it with: pip install 'mlipserve[{extra}]'"
-        ) from error
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return path.stem
+    name = data.get("name") if isinstance(data, dict) else None
+    return path.stem if name is None or str(name) == "" else str(name)

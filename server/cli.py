@@ -10,11 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-from ..models.registry import DEFAULT_MODEL, DEFAULT_MODEL_DIR, ModelRegistry
-from .batching import BatchPolicy
-from .config import ServerSettings
-from .redis_worker import RedisWorkerSettings
-from .validation import StructureLimits
+from ..models.cards import CardError
+from ..models.registry import DEFAULT_MODEL, DEFAULT_MODEL_DIR, ModelRegistry, UnknownModel
+from .config import RedisWorkerSettings, ServerSettings, StructureLimits
+from .engine.batching import BatchPolicy
 
 REDIS_ENV = "MLIPSERVE_REDIS_URL"
 
@@ -34,13 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"model to serve; repeat for several (default {DEFAULT_MODEL})",
     )
-    _add_model_dir(serve)
-    serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if available; default)")
-    _add_batching(serve)
+    _add_engine_options(serve)
     limits = defaults.limits
-    serve.add_argument("--max-atoms-per-structure", type=int, default=limits.max_atoms)
-    serve.add_argument("--max-atoms-per-request", type=int, default=defaults.max_atoms_per_request)
-    serve.add_argument("--max-structures-per-request", type=int, default=defaults.max_structures_per_request)
+    for option, default, what in (
+        ("--max-atoms-per-structure", limits.max_atoms, "atoms in one structure"),
+        ("--max-atoms-per-request", defaults.max_atoms_per_request, "atoms in one request"),
+        ("--max-structures-per-request", defaults.max_structures_per_request, "structures in one request"),
+    ):
+        serve.add_argument(option, type=int, default=default, help=f"most {what} (default %(default)s)")
     serve.add_argument(
         "--min-distance", type=float, default=limits.min_distance, help="reject atoms closer than this (Å)"
     )
@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.queue_limit,
         help="structures queued (per model in Redis mode) beyond which requests get 503 (default %(default)s)",
     )
-    serve.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores)")
     serve.add_argument(
         "--redis",
         default=os.environ.get(REDIS_ENV),
@@ -58,14 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"send work to `mlipserve worker` processes through this Redis instead of running models here "
         f"(default: ${REDIS_ENV}, else embedded mode)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     worker = commands.add_parser("worker", help="serve one model from a Redis queue (run one per GPU or process)")
     worker.add_argument("--model", required=True, metavar="NAME", help="the model this worker serves")
     worker.add_argument("--redis", default=os.environ.get(REDIS_ENV), metavar="URL", help=f"default ${REDIS_ENV}")
-    worker.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if available; default)")
-    _add_model_dir(worker)
-    _add_batching(worker)
+    _add_engine_options(worker)
     worker_defaults = RedisWorkerSettings(redis_url="", model="")
     worker.add_argument(
         "--claim-idle",
@@ -79,8 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=worker_defaults.max_deliveries,
         help="dead-letter a task after this many deliveries (default %(default)s)",
     )
-    worker.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     models = commands.add_parser("models", help="list registered models and whether their files are installed")
     _add_model_dir(models)
@@ -88,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_batching(parser: argparse.ArgumentParser) -> None:
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Where models come from and how they run: the options ``serve`` and ``worker`` share."""
+    _add_model_dir(parser)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA if available; default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--batch-atoms", type=int, default=None, help="atom budget of a batch (default: 128 on the CPU, 8192 on a GPU)"
     )
@@ -127,12 +126,21 @@ def serve(args: argparse.Namespace) -> None:
         redis_url=args.redis,
         queue_limit=args.queue_limit,
     )
-    app = create_app(settings)
+    registry = ModelRegistry(settings.model_dir)
+    for name, reason in registry.problems.items():
+        logging.getLogger("mlipserve").warning("model card %r could not be used: %s", name, reason)
+    try:
+        if not settings.redis_url:  # the models load here: refuse a missing or altered checkpoint before starting
+            for name in settings.models:
+                registry.card(name).verified_checkpoint()
+        app = create_app(settings, registry)
+    except (UnknownModel, CardError) as error:
+        raise SystemExit(f"mlipserve serve: {error}") from None
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
 
 
 def worker(args: argparse.Namespace) -> None:
-    from .redis_worker import run_worker
+    from .transport.redis.worker import run_worker
 
     if not args.redis:
         raise SystemExit(f"mlipserve worker needs --redis URL (or ${REDIS_ENV})")
@@ -163,8 +171,8 @@ def list_models(args: argparse.Namespace) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    for problem in registry.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+    for name, reason in registry.problems.items():
+        print(f"warning: model card {name!r} could not be used: {reason}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The server's settings, with every default in one place."""
+"""The settings of the two processes, ``mlipserve serve`` and ``mlipserve worker``, with every default in one place."""
 
 from __future__ import annotations
 
@@ -6,8 +6,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models.registry import DEFAULT_MODEL, DEFAULT_MODEL_DIR
-from .batching import BatchPolicy
-from .validation import StructureLimits
+from .engine.batching import BatchPolicy
+
+
+@dataclass(frozen=True)
+class StructureLimits:
+    """Per-structure limits enforced before a structure is queued."""
+
+    max_atoms: int = 5000
+    #: Two atoms closer than this (Å) are rejected as overlapping.
+    min_distance: float = 0.5
+    #: A periodic cell with a smaller volume (Å³) is rejected as singular.
+    min_volume: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -39,3 +49,23 @@ class ServerSettings:
     redis_url: str | None = None
     #: Seconds a request waits for its results before a 504.
     request_timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class RedisWorkerSettings:
+    """What ``mlipserve worker`` is configured with."""
+
+    redis_url: str
+    model: str
+    device: str = "auto"
+    batch: BatchPolicy = field(default_factory=BatchPolicy)
+    #: A task unacknowledged this long (s) is taken over from its worker, presumed dead.
+    claim_idle: float = 30.0
+    #: Deliveries after which a task goes to the dead-letter stream instead of to a worker again.
+    max_deliveries: int = 3
+    heartbeat_interval: float = 2.0
+    #: Seconds a heartbeat stays valid; a worker not heard from for this long counts as gone.
+    heartbeat_ttl: float = 10.0
+    #: Seconds a result stream is kept after its last write.
+    result_ttl: float = 3600.0
+    torch_threads: int | None = None

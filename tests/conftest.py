@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
@@ -15,8 +16,7 @@ from ase.io import read
 from mlipserve.clients import Client
 from mlipserve.models.cards import file_sha256
 from mlipserve.server.app import create_app
-from mlipserve.server.config import ServerSettings
-from mlipserve.server.validation import StructureLimits
+from mlipserve.server.config import ServerSettings, StructureLimits
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -70,6 +70,19 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("models")
     write_card(folder, "hfo2-cp0", FIXTURES / "sevennet" / "tests" / "cp_0.pth")
     return folder
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch threads (the numbers do not depend on it; the speed does)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Real Redis for the tests: the server on 127.0.0.1:6379 if it answers (database 15, flushed), else our own."""
+"""Real Redis for the tests: redis-server processes of their own, on free ports of 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ import redis
 
 from .conftest import free_port
 
-#: Database flushed by the tests; set MLIPSERVE_TEST_REDIS_DB to keep concurrent test runs apart.
-TEST_DB = int(os.environ.get("MLIPSERVE_TEST_REDIS_DB", "15"))
-
 
 class RedisServer:
     """A redis-server process of our own on a free port, which a test may stop and start again."""
@@ -26,7 +23,7 @@ class RedisServer:
     def __init__(self, folder: Path):
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("no Redis on 127.0.0.1:6379 and no redis-server to start: install redis-server")
+            raise RuntimeError("the tests start their own Redis, but redis-server is not installed")
         self.binary, self.folder = binary, folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -52,29 +49,16 @@ class RedisServer:
             self.process.wait(10)
 
 
-def shared_redis_url() -> str | None:
-    """The machine's Redis on 6379, if it answers."""
-    url = f"redis://127.0.0.1:6379/{TEST_DB}"
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except redis.RedisError:
-        return None
-    return url
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis for the session's tests, empty at the start."""
-    url = shared_redis_url()
-    own = None
-    if url is None:
-        own = RedisServer(tmp_path_factory.mktemp("redis"))
-        own.start()
-        url = own.url
-    redis.Redis.from_url(url).flushdb()
-    yield url
-    if own:
-        own.stop()
+    """A Redis of the session's own (redis-server on a free port), empty at the start.
+
+    The tests never use a Redis they did not start: a user's Redis on 6379 and its data are left alone.
+    """
+    own = RedisServer(tmp_path_factory.mktemp("redis"))
+    own.start()
+    yield own.url
+    own.stop()
 
 
 @pytest.fixture()

@@ -9,6 +9,7 @@ random molecules. python-ace has no pair tables: there the reference adds a SciP
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -31,12 +32,15 @@ from mlipserve.models.backends.ace_format import (  # noqa: E402
     read_potential,
 )
 from mlipserve.models.cards import CardError, ModelCard, file_sha256  # noqa: E402
+from mlipserve.models.loading import load_model  # noqa: E402
+from mlipserve.models.potential import StructureRejected, check_card  # noqa: E402
 from mlipserve.models.registry import ModelRegistry  # noqa: E402
 from mlipserve.models.system import AtomicSystem  # noqa: E402
 from mlipserve.server.config import ServerSettings  # noqa: E402
 from scipy.interpolate import CubicSpline  # noqa: E402
 
 from tests.conftest import RunningServer, free_port  # noqa: E402
+from tests.toy_potential import saved_for_backward  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "ace"
 SHARED_ACE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "ace" / "acepotentials_jl"
@@ -294,7 +298,7 @@ def test_registry_loads_an_ace_card_with_its_pair_table(tmp_path: Path) -> None:
         f"sha256: {file_sha256(TIAL_YACE)}\nlicense: MIT\nelements: Al Ti\ncutoff: 7.0\n"
         f"options: {{pair_table: {TIAL_TABLE.name}, pair_table_sha256: {file_sha256(TIAL_TABLE)}}}\n"
     )
-    potential = ModelRegistry(tmp_path).load("tial", device="cpu")
+    potential = load_model(ModelRegistry(tmp_path), "tial", device="cpu")
     atoms = random_structures(("Al", "Ti"), seed=1)[0]
     (prediction,) = potential.predict([AtomicSystem.from_ase(atoms)])
     assert prediction.forces.shape == (len(atoms), 3) and prediction.stress.shape == (3, 3)
@@ -321,16 +325,33 @@ def test_pair_table_must_be_inside_the_model_dir_and_unaltered(tmp_path: Path) -
 
 def test_card_cutoff_and_elements_are_checked() -> None:
     path = DATA / "Cu_sbessel.yace"
+    loaded = load_potential(card_for(path, 6.0), path, torch.device("cpu"))
     with pytest.raises(CardError, match="cutoff"):
-        load_potential(card_for(path, 6.0), path, torch.device("cpu"))
+        check_card(loaded.card, loaded)  # as the registry does once the file is loaded
+    more = dataclasses.replace(loaded.card, elements=("Cu", "Ag"), cutoff=loaded.cutoff)
+    with pytest.raises(CardError, match=r"lists elements Cu Ag, but the loaded potential covers Cu"):
+        check_card(more, loaded)
     with pytest.raises(CardError, match="unknown ACE options"):
         load_potential(card_for(path, 4.5, modal="x"), path, torch.device("cpu"))
 
 
 def test_unknown_element_is_rejected() -> None:
     potential = torch_potential(DATA / "Cu_sbessel.yace")
-    with pytest.raises(ValueError, match="does not know"):
+    with pytest.raises(ValueError, match=r"element\(s\) O not covered by model 'Cu_sbessel'") as caught:
         potential.check(AtomicSystem.from_arrays([8, 29], [[0, 0, 0], [2, 0, 0]]))
+    assert isinstance(caught.value, StructureRejected) and caught.value.code == "element_not_covered"
+
+
+def test_energy_only_builds_no_autograd_graph() -> None:
+    potential = torch_potential(DATA / "HfO_chebexpcos.yace")
+    systems = [AtomicSystem.from_ase(atoms) for atoms in random_structures(("Hf", "O"), seed=8)]
+    full = potential.predict(systems)
+    with saved_for_backward() as saved:
+        energy_only = potential.predict(systems, ["energy"])
+    assert saved == []
+    for alone, together in zip(energy_only, full, strict=True):
+        assert alone.forces is None and alone.stress is None
+        assert alone.energy == pytest.approx(together.energy, rel=0, abs=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,13 @@ from chgnet.model import CHGNet
 from chgnet.model.dynamics import CHGNetCalculator
 from mlipserve.models.backends.chgnet import CHGNetPotential, load_potential
 from mlipserve.models.cards import CardError
-from mlipserve.models.potential import StructureRejected
+from mlipserve.models.loading import load_model
+from mlipserve.models.potential import StructureRejected, check_card
 from mlipserve.models.registry import ModelRegistry
 from mlipserve.models.system import AtomicSystem
 from pymatgen.io.ase import AseAtomsAdaptor
+
+from .toy_potential import saved_for_backward
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "datasets"
 FRAMES_PER_FILE = 2
@@ -47,7 +50,7 @@ def dataset_frames() -> list[tuple[str, Atoms]]:
 
 @pytest.fixture(scope="module")
 def potential(tmp_path_factory: pytest.TempPathFactory) -> CHGNetPotential:
-    return ModelRegistry(tmp_path_factory.mktemp("models")).load("chgnet-0.3.0", "cpu")
+    return load_model(ModelRegistry(tmp_path_factory.mktemp("models")), "chgnet-0.3.0", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +109,16 @@ def test_card_and_attributes(potential):
     assert potential.cutoff == 6.0 and potential.bond_graph_cutoff == 3.0
     assert str(potential.dtype) == "torch.float32" and potential.device.type == "cpu"
     assert {1, 8, 72, 94} <= potential.elements
+    # the atom embedding reaches H to Pu; the card narrows the model to MPtrj's 89 elements at load
+    assert potential.elements == potential.card.atomic_numbers and len(potential.elements) == 89
+    assert {84, 85, 86, 87, 88}.isdisjoint(potential.elements)  # Po to Ra: embedded, never trained
 
 
 def test_card_cutoff_mismatch_is_refused(potential):
     card = potential.card
-    with pytest.raises(CardError, match="atom graph cutoff"):
-        load_potential(dataclasses.replace(card, cutoff=5.0), card.verified_checkpoint(), potential.device)
+    loaded = load_potential(dataclasses.replace(card, cutoff=5.0), card.verified_checkpoint(), potential.device)
+    with pytest.raises(CardError, match=r"says cutoff 5\.0 Å, but the loaded potential's cutoff is 6\.0 Å"):
+        check_card(loaded.card, loaded)  # as the registry does once the checkpoint is loaded
     wrong = dataclasses.replace(card, options={**card.options, "bond_graph_cutoff": 4.0})
     with pytest.raises(CardError, match="bond graph cutoff"):
         load_potential(wrong, card.verified_checkpoint(), potential.device)
@@ -167,7 +174,9 @@ def test_mixed_batch_with_molecules(potential, calculator, frames):
 def test_requested_properties_only(potential, frames):
     system = AtomicSystem.from_ase(frames[0][1])
     (full,) = potential.predict([system])
-    (energy_only,) = potential.predict([system], ["energy"])
+    with saved_for_backward() as saved:
+        (energy_only,) = potential.predict([system], ["energy"])
+    assert saved == []  # no autograd graph
     (with_forces,) = potential.predict([system], ["energy", "forces"])
     assert energy_only.forces is None and energy_only.stress is None
     assert with_forces.stress is None and with_forces.forces is not None

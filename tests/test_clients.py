@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,6 +20,33 @@ from mlipserve.server.config import ServerSettings
 
 from .conftest import RunningServer, free_port
 
+CLIENT_KINDS = ["sync", "async"]
+
+
+class Awaiting:
+    """An AsyncClient called as a Client (each call run to its end on the client's own event loop), so that one
+    test body checks both transports."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = AsyncClient(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        return lambda *args, **kwargs: self.loop.run_until_complete(method(*args, **kwargs))
+
+    def __enter__(self) -> Awaiting:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+
+def connect(kind: str, *args: Any, **kwargs: Any) -> Any:
+    """A Client, or an AsyncClient behind :class:`Awaiting`."""
+    return Client(*args, **kwargs) if kind == "sync" else Awaiting(*args, **kwargs)
+
 
 def structures_with_a_bad_one() -> list:
     good = [bulk("Si"), bulk("Cu"), molecule("H2O"), bulk("Al"), bulk("C")]
@@ -27,9 +55,10 @@ def structures_with_a_bad_one() -> list:
     return [*good[:3], bad, *good[3:]]
 
 
-def test_chunked_requests_keep_order_and_global_error_indices(server_url: str) -> None:
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+def test_chunked_requests_keep_order_and_global_error_indices(server_url: str, kind: str) -> None:
     structures = structures_with_a_bad_one()
-    with Client(server_url, model="7net-0", chunk_size=2, progress=False) as client:
+    with connect(kind, server_url, model="7net-0", chunk_size=2, progress=False) as client:
         results = client.predict(structures, errors="return")
         reference = client.predict([s for i, s in enumerate(structures) if i != 3], errors="raise")
         with pytest.raises(StructureFailed, match="structure 3: atoms 0 and 1") as raised:
@@ -66,8 +95,10 @@ def test_pymatgen_structures_are_accepted(server_url: str) -> None:
     assert from_pymatgen.energy == pytest.approx(from_ase.energy, abs=1e-6)
 
 
-def test_client_raises_request_failed_for_4xx(server_url: str) -> None:
-    with Client(server_url, model="no-such-model", progress=False) as client, pytest.raises(RequestFailed) as raised:
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+def test_client_raises_request_failed_for_4xx(server_url: str, kind: str) -> None:
+    client = connect(kind, server_url, model="no-such-model", progress=False)
+    with client, pytest.raises(RequestFailed) as raised:
         client.predict(bulk("Si"))
     assert raised.value.status == 404 and raised.value.code == "unknown_model"
 
@@ -87,10 +118,33 @@ def test_client_retries_while_the_model_loads(model_dir: Path) -> None:
         assert httpx.get(f"{running.url}/readyz").status_code == 200
 
 
-def test_unreachable_server_fails_after_retries() -> None:
-    client = Client(f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01, progress=False)
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+def test_unreachable_server_fails_after_retries(kind: str) -> None:
+    client = connect(kind, f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01, progress=False)
     with client, pytest.raises(RequestFailed, match="unreachable"):
         client.predict(bulk("Si"))
+
+
+def test_sync_and_async_clients_agree_on_relaxations_and_jobs(server_url: str) -> None:
+    atoms = bulk("HfO2", "fluorite", a=5.1, cubic=True)  # the small `hfo2-cp0` model knows Hf and O
+    atoms.rattle(0.1, seed=3)
+    structures = [atoms, bulk("HfO2", "fluorite", a=5.0)]
+    answers = []
+    for kind in CLIENT_KINDS:
+        with connect(kind, server_url, model="hfo2-cp0", progress=False) as client:
+            relaxed = client.relax(structures, fmax=0.1, relax_cell=False, trajectory_every=5)
+            from_job = client.run_job(structures, relax={"fmax": 0.1, "relax_cell": False}, poll=0.05)
+            predicted = client.run_job(structures, ["energy"], poll=0.05)
+            status = client.job(client.submit_job(structures))
+            answers.append((relaxed, from_job, predicted, status))
+    (relaxed, from_job, predicted, status), (relaxed_async, from_job_async, predicted_async, status_async) = answers
+    for a, b in zip([*relaxed, *from_job], [*relaxed_async, *from_job_async], strict=True):
+        assert (a.steps, a.converged, a.stop_reason) == (b.steps, b.converged, b.stop_reason)
+        assert len(a.trajectory) == len(b.trajectory)
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-6)
+    assert [r.energy for r in predicted] == pytest.approx([r.energy for r in predicted_async], abs=1e-6)
+    assert predicted[0].forces is None and predicted_async[0].forces is None
+    assert status["model"] == status_async["model"] == "hfo2-cp0"
 
 
 def test_serve_command_starts_a_working_server(model_dir: Path) -> None:

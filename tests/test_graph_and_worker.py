@@ -10,10 +10,10 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from mlipserve.models.system import AtomicSystem
-from mlipserve.server.batching import AtomBudgetBatcher, BatchPolicy
-from mlipserve.server.relaxation import RelaxOptions, RelaxSpec
-from mlipserve.server.tasks import Task, TaskResult
-from mlipserve.server.worker import Worker
+from mlipserve.server.dynamics.options import RelaxOptions, RelaxSpec
+from mlipserve.server.engine.batching import AtomBudgetBatcher, BatchPolicy
+from mlipserve.server.engine.loop import Worker
+from mlipserve.server.engine.tasks import Task, TaskResult
 
 from .toy_potential import LennardJonesPotential, lj_reference
 
@@ -149,7 +149,7 @@ def test_worker_relaxes_in_flight_and_keeps_answering_predictions() -> None:
     source = ListSource(relaxations)
     worker = Worker(LennardJonesPotential(), source, BatchPolicy(max_atoms=8, max_wait=0.0, idle_poll=0.01))
     worker.step()
-    assert len(worker.relaxations) == 2  # the budget holds two 4-atom cells; the third waits
+    assert worker.scheduler.relaxing == 2  # the budget holds two 4-atom cells; the third waits
     prediction = task(argon_cluster())
     source.queue.put(prediction)
     worker.step()

@@ -218,7 +218,7 @@ def test_wrong_hash_is_refused_before_unpickling(mace_model_dir: Path, tmp_path:
     card = tmp_path / "tampered.yaml"
     genuine = file_sha256(mace_model_dir / "tiny.model")
     card.write_text(card.read_text().replace(file_sha256(tampered), genuine))
-    load = "import sys; from mlipserve.models import ModelRegistry; ModelRegistry(sys.argv[1]).load(sys.argv[2], 'cpu')"
+    load = "import sys; from mlipserve.models import ModelRegistry, load_model; load_model(ModelRegistry(sys.argv[1]), sys.argv[2])"  # noqa: E501
     command = [str(MACE_PYTHON), "-c", load, str(tmp_path)]
     refused = subprocess.run([*command, "tampered"], capture_output=True, text=True)
     assert refused.returncode != 0 and "refusing to load" in refused.stderr
@@ -236,8 +236,8 @@ def test_weights_only_stays_on_after_loading_mace(mace_model_dir: Path, tmp_path
     torch.save(_WritesMarker(marker), trap)
     script = (
         "import os, sys, torch\n"
-        "from mlipserve.models import ModelRegistry\n"
-        "potential = ModelRegistry(sys.argv[1]).load(sys.argv[2], 'cpu')\n"
+        "from mlipserve.models import ModelRegistry, load_model\n"
+        "potential = load_model(ModelRegistry(sys.argv[1]), sys.argv[2], 'cpu')\n"
         "assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ\n"
         "try:\n"
         "    torch.load(sys.argv[3])\n"
@@ -247,6 +247,25 @@ def test_weights_only_stays_on_after_loading_mace(mace_model_dir: Path, tmp_path
     result = in_mace_env("-c", script, str(mace_model_dir), MODEL, str(trap))
     assert "refused UnpicklingError" in result.stdout
     assert not marker.exists()
+
+
+def test_energy_only_builds_no_autograd_graph(mace_model_dir: Path) -> None:
+    script = (
+        "import sys, torch\n"
+        "from ase.build import bulk\n"
+        "from mlipserve.models import AtomicSystem, ModelRegistry, load_model\n"
+        "potential = load_model(ModelRegistry(sys.argv[1]), sys.argv[2], 'cpu')\n"
+        "systems = [AtomicSystem.from_ase(bulk('Cu', 'fcc', a=3.6) * (2, 1, 1))]\n"
+        "(full,) = potential.predict(systems)\n"
+        "saved = []\n"
+        "with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):\n"
+        "    (alone,) = potential.predict(systems, ['energy'])\n"
+        "print(alone.forces is None, alone.stress is None, len(saved), abs(alone.energy - full.energy))\n"
+    )
+    last_line = in_mace_env("-c", script, str(mace_model_dir), MODEL).stdout.splitlines()[-1]
+    forces_none, stress_none, saved, difference = last_line.split()
+    assert forces_none == stress_none == "True" and saved == "0"
+    assert float(difference) <= 1e-9
 
 
 def test_models_endpoint_lists_mace_cards(mace_server: RunningServer) -> None:

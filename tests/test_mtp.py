@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,15 @@ from mlipserve.models.backends.mtp import MTPPotential, contraction_waves, load_
 from mlipserve.models.backends.mtp_format import read_mtp
 from mlipserve.models.cards import CardError, ModelCard
 from mlipserve.models.graph import build_graph
-from mlipserve.models.potential import StructureRejected
+from mlipserve.models.loading import load_model
+from mlipserve.models.potential import StructureRejected, check_card
 from mlipserve.models.registry import ModelRegistry
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.config import ServerSettings
 
-from .conftest import FIXTURES, RunningServer, free_port, write_card
+from .conftest import FIXTURES, RunningServer, free_port, torch_threads, write_card
 from .mtp_cfg import read_cfg
+from .toy_potential import saved_for_backward
 
 MOTEP = FIXTURES / "mtp" / "motep"
 HEA = FIXTURES / "mtp" / "asemtp_FeCoNiCrAl_5species"
@@ -73,12 +76,10 @@ def potential(path: Path, elements, device: str = "cpu", **fields) -> MTPPotenti
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _threads():
-    """One torch thread: the numbers do not depend on it, and on a shared 2-core machine it is the fastest."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _threads() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine it is the fastest."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -270,10 +271,22 @@ def test_cuda_matches_cpu(hea) -> None:
 
 
 def test_element_without_species_is_rejected(hea) -> None:
-    with pytest.raises(StructureRejected, match="no MTP species for Cu") as caught:
+    with pytest.raises(StructureRejected, match=r"element\(s\) Cu not covered by model 'mtp-test'") as caught:
         hea.check(AtomicSystem.from_ase(bulk("Cu")))
     assert caught.value.code == "element_not_covered"
     assert hea.elements == frozenset(atomic_numbers[s] for s in HEA_ELEMENTS)
+    with pytest.raises(StructureRejected, match="Cu"):
+        hea.predict([AtomicSystem.from_ase(bulk("Cu"))])
+
+
+def test_energy_only_builds_no_autograd_graph(hea) -> None:
+    systems = [AtomicSystem.from_ase(atoms) for atoms in random_hea_structures(3)]
+    full = hea.predict(systems)
+    with saved_for_backward() as saved:
+        energy_only = hea.predict(systems, ["energy"])
+    assert saved == []
+    for alone, together in zip(energy_only, full, strict=True):
+        assert alone.forces is None and alone.stress is None and alone.energy == together.energy
 
 
 @pytest.mark.parametrize(
@@ -281,14 +294,15 @@ def test_element_without_species_is_rejected(hea) -> None:
     [
         ({"elements": "Fe Co Ni Cr"}, r"lists 4 elements, the \.mtp file has species_count = 5"),
         ({"elements": "Fe Co Ni Cr Fe"}, r"lists an element twice"),
-        ({"cutoff": 6.0}, r"cutoff 6\.0 Å, the \.mtp file's max_dist is 5\.0 Å"),
+        ({"cutoff": 6.0}, r"says cutoff 6\.0 Å, but the loaded potential's cutoff is 5\.0 Å"),
         ({"options": {"dtype": "float16"}}, r"options\.dtype must be one of"),
     ],
 )
 def test_card_that_does_not_fit_the_file(fields, message) -> None:
     fields = {"elements": HEA_ELEMENTS} | fields
     with pytest.raises(CardError, match=message):
-        potential(HEA / "pot.mtp", **fields)
+        loaded = potential(HEA / "pot.mtp", **fields)
+        check_card(loaded.card, loaded)  # as the registry does once the file is loaded
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +314,7 @@ def mtp_model_dir(tmp_path_factory) -> Path:
 
 
 def test_registry_loads_a_dropped_in_mtp(mtp_model_dir, hea) -> None:
-    loaded = ModelRegistry(mtp_model_dir).load("feconicral-mtp", "cpu")
+    loaded = load_model(ModelRegistry(mtp_model_dir), "feconicral-mtp", "cpu")
     assert isinstance(loaded, MTPPotential) and loaded.cutoff == 5.0 and loaded.dtype == torch.float64
     system = AtomicSystem.from_ase(random_hea_structures(1)[0])
     assert loaded.predict([system])[0].energy == hea.predict([system])[0].energy

@@ -35,6 +35,7 @@ from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
 from ase.io import write  # noqa: E402
 from mlipserve.clients import Client  # noqa: E402
 from mlipserve.models.cards import CardError, file_sha256  # noqa: E402
+from mlipserve.models.loading import load_model  # noqa: E402
 from mlipserve.models.registry import ModelRegistry  # noqa: E402
 from mlipserve.server.config import ServerSettings  # noqa: E402
 
@@ -267,10 +268,10 @@ def test_one_atom_cells_need_a_batch_package(served: str) -> None:
 
 def test_package_metadata_is_read_and_checked(tiny_models: TinyModels, tmp_path: Path) -> None:
     registry = ModelRegistry(tiny_models.folder)
-    nequip_model = registry.load(NEQUIP_BATCH, "cpu")
+    nequip_model = load_model(registry, NEQUIP_BATCH, "cpu")
     config = yaml.safe_load((CONFIGS / "tiny_nequip.yaml").read_text())
     assert nequip_model.cutoff == config["cutoff_radius"]
-    assert nequip_model.dtype == torch.float64 and registry.load(ALLEGRO_BATCH, "cpu").dtype == torch.float32
+    assert nequip_model.dtype == torch.float64 and load_model(registry, ALLEGRO_BATCH, "cpu").dtype == torch.float32
     assert nequip_model.type_index == {13: 0, 29: 1}  # model_type_names [Al, Cu]
     # per_edge_type_cutoff: Al -> anything 3.6; Cu -> Cu 3.2; Cu -> Al defaults to r_max.
     cutoffs = config["training_module"]["model"]["per_edge_type_cutoff"]
@@ -280,4 +281,4 @@ def test_package_metadata_is_read_and_checked(tiny_models: TinyModels, tmp_path:
     shutil.copy(tiny_models.nequip_checkpoint, tmp_path / "last.ckpt")
     write_card(tmp_path, "from-checkpoint", "last.ckpt", cutoff=4.0)
     with pytest.raises(CardError, match=r"pickled checkpoint.*nequip-compile"):
-        ModelRegistry(tmp_path).load("from-checkpoint", "cpu")
+        load_model(ModelRegistry(tmp_path), "from-checkpoint", "cpu")

@@ -25,6 +25,7 @@ from ase.io import read  # noqa: E402
 from ase.neighborlist import primitive_neighbor_list  # noqa: E402
 from mlipserve.clients import Client  # noqa: E402
 from mlipserve.models.cards import CardError, file_sha256  # noqa: E402
+from mlipserve.models.loading import load_model  # noqa: E402
 from mlipserve.models.potential import StructureRejected  # noqa: E402
 from mlipserve.models.registry import ModelRegistry  # noqa: E402
 from mlipserve.models.system import AtomicSystem  # noqa: E402
@@ -160,17 +161,19 @@ def test_reference_reproduces_the_fixture_helpers_independent_run(reference) -> 
 
 
 def test_metadata_is_read_from_the_file(model_dir: Path) -> None:
-    potential = ModelRegistry(model_dir).load(MODEL, "cpu")
+    potential = load_model(ModelRegistry(model_dir), MODEL, "cpu")
     assert potential.cutoff == 4.0
     assert potential.dtype == torch.float32
     assert potential.type_index == {3: 0, 17: 1}  # type_names "Li Cl" in the file
     assert potential.model.nequip_version == "0.5.6"
-    with pytest.raises(StructureRejected, match="does not know Na"):
+    assert potential.elements == frozenset({3, 17}) == potential.card.atomic_numbers
+    with pytest.raises(StructureRejected, match=rf"element\(s\) Na not covered by model '{MODEL}'") as caught:
         potential.check(AtomicSystem.from_ase(bulk("NaCl", "rocksalt", a=5.6)))
+    assert caught.value.code == "element_not_covered"
 
 
 def test_single_and_batched_evaluation_agree(model_dir: Path) -> None:
-    potential = ModelRegistry(model_dir).load(MODEL, "cpu")
+    potential = load_model(ModelRegistry(model_dir), MODEL, "cpu")
     systems = [AtomicSystem.from_ase(atoms) for atoms in structures()[-3:]]
     batched = potential.predict(systems)
     for system, prediction in zip(systems, batched, strict=True):
@@ -179,31 +182,41 @@ def test_single_and_batched_evaluation_agree(model_dir: Path) -> None:
         np.testing.assert_allclose(single.forces, prediction.forces, rtol=0, atol=F_TOL)
 
 
+def test_energy_only_request(model_dir: Path) -> None:
+    """The deployed module computes forces in its forward pass whatever is asked; they are not returned."""
+    potential = load_model(ModelRegistry(model_dir), MODEL, "cpu")
+    systems = [AtomicSystem.from_ase(atoms) for atoms in structures()[-3:]]
+    for full, energy_only in zip(potential.predict(systems), potential.predict(systems, ["energy"]), strict=True):
+        assert energy_only.forces is None and energy_only.stress is None
+        assert energy_only.energy == full.energy
+
+
 def test_server_rejects_an_element_outside_the_card(served: str) -> None:
     with Client(served, model=MODEL, progress=False) as client:
         (result,) = client.predict([bulk("NaCl", "rocksalt", a=5.6)], errors="return")
-    assert result.error is not None and result.error.code in {"element_not_covered", "unknown_element"}
+    assert result.error is not None and result.error.code == "element_not_covered"
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"cutoff": 5.0}, "cutoff 5.0"),
-        ({"elements": "Li"}, "type names are Li, Cl"),
+        ({"elements": "Li Na Cl"}, "lists elements Li Na Cl, but the loaded potential covers Li Cl"),
         ({"options": {"type_names": {"Li": "Li", "Cl": "chloride"}}}, "chloride"),
-        ({"options": {"type_names": {"Li": "Li"}}}, "must be the same"),
+        ({"options": {"type_names": {"Li": "Li"}}}, "lists elements Li Cl, but the loaded potential covers Li"),
+        ({"options": {"type_names": {"Xx": "Li", "Cl": "Cl"}}}, "must map element symbols"),
         ({"options": {"species": ["Li", "Cl"]}}, "unknown options"),
     ],
 )
 def test_card_is_checked_against_the_file(tmp_path: Path, fields: dict, message: str) -> None:
     write_card(tmp_path, **fields)
     with pytest.raises(CardError, match=message):
-        ModelRegistry(tmp_path).load(MODEL, "cpu")
+        load_model(ModelRegistry(tmp_path), MODEL, "cpu")
 
 
 def test_explicit_type_name_map_is_used(tmp_path: Path) -> None:
     write_card(tmp_path, options={"type_names": {"Li": "Cl", "Cl": "Li"}})  # deliberately swapped
-    potential = ModelRegistry(tmp_path).load(MODEL, "cpu")
+    potential = load_model(ModelRegistry(tmp_path), MODEL, "cpu")
     assert potential.type_index == {3: 1, 17: 0}
 
 
@@ -229,4 +242,4 @@ def test_unsupported_files_are_named(tmp_path: Path, make, message: str) -> None
     assert zipfile.is_zipfile(source) or message == "not a zip archive"
     write_card(tmp_path, source=source)
     with pytest.raises(CardError, match=message):
-        ModelRegistry(tmp_path).load(MODEL, "cpu")
+        load_model(ModelRegistry(tmp_path), MODEL, "cpu")

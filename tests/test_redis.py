@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -15,14 +16,14 @@ import redis
 from ase.build import bulk, molecule
 from mlipserve.clients import Client, RequestFailed
 from mlipserve.models.system import AtomicSystem
-from mlipserve.server import redis_layout as layout
-from mlipserve.server.batching import BatchPolicy
-from mlipserve.server.codec import decode_result, encode_task
-from mlipserve.server.config import ServerSettings
-from mlipserve.server.redis_broker import RedisBroker
-from mlipserve.server.redis_worker import RedisTaskSource, RedisWorkerSettings
-from mlipserve.server.tasks import Task
-from mlipserve.server.worker import Worker
+from mlipserve.server.config import RedisWorkerSettings, ServerSettings
+from mlipserve.server.engine.batching import BatchPolicy
+from mlipserve.server.engine.loop import Worker
+from mlipserve.server.engine.tasks import Task
+from mlipserve.server.transport.redis import layout
+from mlipserve.server.transport.redis.broker import RedisBroker
+from mlipserve.server.transport.redis.codec import decode_result, encode_task
+from mlipserve.server.transport.redis.worker import RedisTaskSource
 
 from .conftest import RunningServer, free_port
 from .redis_fixtures import WorkerProcess, wait_for_workers
@@ -161,29 +162,36 @@ def test_task_that_keeps_killing_workers_is_dead_lettered(redis_url: str) -> Non
     assert client.xlen(source.stream) == 0
 
 
-def test_job_survives_a_worker_killed_mid_run(redis_url: str, model_dir: Path, client: Client) -> None:
-    """Two workers, 500 structures through /v1/jobs, one worker SIGKILLed: 500 results, each once, as embedded."""
-    structures = hafnia(500, seed=7)
+@contextlib.contextmanager
+def two_workers(redis_url: str, model_dir: Path, batch_atoms: int) -> Iterator[tuple[Client, list[WorkerProcess]]]:
+    """A Redis-mode server and two `mlipserve worker` processes of hfo2-cp0 (claiming idle tasks after 2 s)."""
     settings = ServerSettings(port=free_port(), models=("hfo2-cp0",), model_dir=model_dir, redis_url=redis_url)
-    options = ("--claim-idle", "2", "--batch-atoms", "48")
+    options = ("--claim-idle", "2", "--batch-atoms", str(batch_atoms))
     workers = [WorkerProcess("hfo2-cp0", redis_url, model_dir, *options) for _ in range(2)]
     try:
         with RunningServer(settings) as server, Client(server.url, model="hfo2-cp0", progress=False) as remote:
             wait_for_workers(server.url, "hfo2-cp0", 2)
-            job_id = remote.submit_job(structures)
-            deadline = time.monotonic() + 120
-            while remote.job(job_id)["done"] < 100:
-                assert time.monotonic() < deadline, "the job made no progress"
-                time.sleep(0.02)
-            workers[0].kill()
-            while (status := remote.job(job_id))["state"] not in {"done", "failed", "cancelled"}:
-                assert time.monotonic() < deadline + 180, f"the job did not finish: {status}"
-                time.sleep(0.2)
-            assert status["state"] == "done" and status["done"] == 500 and status["errors"] == 0, status
-            served = list(remote.job_results(job_id))
+            yield remote, workers
     finally:
         for worker in workers:
             worker.stop()
+
+
+def test_job_survives_a_worker_killed_mid_run(redis_url: str, model_dir: Path, client: Client) -> None:
+    """Two workers, 500 structures through /v1/jobs, one worker SIGKILLed: 500 results, each once, as embedded."""
+    structures = hafnia(500, seed=7)
+    with two_workers(redis_url, model_dir, batch_atoms=48) as (remote, workers):
+        job_id = remote.submit_job(structures)
+        deadline = time.monotonic() + 120
+        while remote.job(job_id)["done"] < 100:
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.02)
+        workers[0].kill()
+        while (status := remote.job(job_id))["state"] not in {"done", "failed", "cancelled"}:
+            assert time.monotonic() < deadline + 180, f"the job did not finish: {status}"
+            time.sleep(0.2)
+        assert status["state"] == "done" and status["done"] == 500 and status["errors"] == 0, status
+        served = list(remote.job_results(job_id))
     assert len(served) == 500 and all(result.ok for result in served)
     embedded = client.predict(structures, model="hfo2-cp0")
     np.testing.assert_allclose([r.energy for r in served], [r.energy for r in embedded], atol=1e-5)
@@ -198,27 +206,19 @@ def test_relaxations_survive_a_worker_killed_mid_run(redis_url: str, model_dir: 
     for atoms in structures:
         atoms.rattle(0.15, seed=1)
     relax = {"fmax": 0.01, "max_steps": 100}
-    settings = ServerSettings(port=free_port(), models=("hfo2-cp0",), model_dir=model_dir, redis_url=redis_url)
-    options = ("--claim-idle", "2", "--batch-atoms", "24")
-    workers = [WorkerProcess("hfo2-cp0", redis_url, model_dir, *options) for _ in range(2)]
-    try:
-        with RunningServer(settings) as server, Client(server.url, model="hfo2-cp0", progress=False) as remote:
-            wait_for_workers(server.url, "hfo2-cp0", 2)
-            job_id = remote.submit_job(structures, relax=relax)
-            deadline = time.monotonic() + 180
-            while (status := remote.job(job_id))["done"] < 1:  # relaxation jobs record chunks of 4
-                assert time.monotonic() < deadline, f"no relaxation ended: {status}"
-                time.sleep(0.05)
-            assert status["state"] == "running", "the job ended before a worker could be killed"
-            workers[0].kill()
-            while (status := remote.job(job_id))["state"] not in {"done", "failed", "cancelled"}:
-                assert time.monotonic() < deadline + 180, f"the job did not finish: {status}"
-                time.sleep(0.2)
-            assert status["state"] == "done" and status["errors"] == 0, status
-            served = list(remote.job_results(job_id))
-    finally:
-        for worker in workers:
-            worker.stop()
+    with two_workers(redis_url, model_dir, batch_atoms=24) as (remote, workers):
+        job_id = remote.submit_job(structures, relax=relax)
+        deadline = time.monotonic() + 180
+        while (status := remote.job(job_id))["done"] < 1:  # relaxation jobs record chunks of 4
+            assert time.monotonic() < deadline, f"no relaxation ended: {status}"
+            time.sleep(0.05)
+        assert status["state"] == "running", "the job ended before a worker could be killed"
+        workers[0].kill()
+        while (status := remote.job(job_id))["state"] not in {"done", "failed", "cancelled"}:
+            assert time.monotonic() < deadline + 180, f"the job did not finish: {status}"
+            time.sleep(0.2)
+        assert status["state"] == "done" and status["errors"] == 0, status
+        served = list(remote.job_results(job_id))
     embedded = client.relax(structures, model="hfo2-cp0", **relax)
     for remote_result, local in zip(served, embedded, strict=True):
         assert remote_result.converged == local.converged

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
-from mlipserve.models import CardError, ModelRegistry, UnknownModel
-from mlipserve.models.registry import BackendUnavailable, load_backend
+import torch
+from mlipserve.models import AtomicSystem, CardError, ModelCard, ModelRegistry, StructureRejected, UnknownModel
+from mlipserve.models.loading import BackendUnavailable, load_backend, load_model
+from mlipserve.models.potential import Potential, check_card, check_elements
+from mlipserve.models.registry import FAMILIES
+
+from mlipserve.errors import ErrorCode
 
 from .conftest import FIXTURES, write_card
+from .toy_potential import LennardJonesPotential
 
 CHECKPOINT = FIXTURES / "sevennet" / "tests" / "cp_0.pth"
 
@@ -19,10 +29,12 @@ CHECKPOINT = FIXTURES / "sevennet" / "tests" / "cp_0.pth"
 def test_builtin_cards_are_installed_and_verified(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
     assert {"7net-0", "chgnet-0.3.0"} <= set(registry.names())
-    for name in ("7net-0", "chgnet-0.3.0"):
+    assert registry.problems == {}
+    # Both cover the 89 elements of MPtrj (CHGNet's embedding reaches H to Pu; its card narrows it to MPtrj's).
+    for name, n_elements in (("7net-0", 89), ("chgnet-0.3.0", 89)):
         card = registry.card(name)
         assert card.is_installed() and card.verified_checkpoint().is_file()
-        assert len(card.elements) == 89 and card.license and card.citation
+        assert len(card.elements) == n_elements and card.license and card.citation
 
 
 def test_user_card_is_found_and_its_checkpoint_resolved(tmp_path: Path) -> None:
@@ -35,7 +47,7 @@ def test_user_card_is_found_and_its_checkpoint_resolved(tmp_path: Path) -> None:
 def test_wrong_hash_is_refused_before_loading(tmp_path: Path) -> None:
     write_card(tmp_path, "tampered", CHECKPOINT, sha256="ab" * 32)
     with pytest.raises(CardError, match="refusing to load"):
-        ModelRegistry(tmp_path).load("tampered", "cpu")
+        load_model(ModelRegistry(tmp_path), "tampered", "cpu")
 
 
 def test_checkpoint_outside_the_model_dir_is_refused(tmp_path: Path) -> None:
@@ -44,10 +56,14 @@ def test_checkpoint_outside_the_model_dir_is_refused(tmp_path: Path) -> None:
     write_card(model_dir, "escape", CHECKPOINT, checkpoint="../cp_0.pth")
     (tmp_path / "cp_0.pth").write_bytes(CHECKPOINT.read_bytes())
     with pytest.raises(CardError, match="outside the model directory"):
-        ModelRegistry(model_dir).load("escape", "cpu")
+        load_model(ModelRegistry(model_dir), "escape", "cpu")
     write_card(model_dir, "absolute", CHECKPOINT, checkpoint=str(CHECKPOINT))
     with pytest.raises(CardError, match="outside the model directory"):
         ModelRegistry(model_dir).card("absolute").verified_checkpoint()
+    # found when the cards are read, before anything asks for them
+    problems = ModelRegistry(model_dir).problems
+    assert set(problems) == {"escape", "absolute"}
+    assert all("outside the model directory" in reason for reason in problems.values())
 
 
 def test_user_card_may_not_load_from_a_package(tmp_path: Path) -> None:
@@ -62,7 +78,7 @@ def test_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
     assert not registry.card("absent").is_installed()
     with pytest.raises(CardError, match=r"cp_0\.pth not found"):
-        registry.load("absent", "cpu")
+        load_model(registry, "absent", "cpu")
 
 
 def test_malformed_cards_are_reported_not_fatal(tmp_path: Path) -> None:
@@ -70,10 +86,16 @@ def test_malformed_cards_are_reported_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "elements.yaml").write_text(
         "name: e\nfamily: sevennet\nversion: 1\ncheckpoint: x\nsha256: 0\nlicense: MIT\nelements: Hf Zz\ncutoff: 4\n"
     )
+    (tmp_path / "unreadable.yaml").write_text("name: [unclosed\n")
     registry = ModelRegistry(tmp_path)
     assert "broken" not in registry.names()
-    assert any("lacks" in problem for problem in registry.problems)
-    assert any("unknown elements ['Zz']" in problem for problem in registry.problems)
+    assert any("lacks" in problem for problem in registry.problems.values())
+    assert any("unknown elements ['Zz']" in problem for problem in registry.problems.values())
+    # by the card's name where the file gives one, else by the file's stem
+    assert set(registry.problems) == {"broken", "e", "unreadable"}
+    assert "lacks" in registry.problems["broken"] and "not valid YAML" in registry.problems["unreadable"]
+    with pytest.raises(UnknownModel, match=r"model card 'e' \(.*elements\.yaml\) could not be used: .*'Zz'"):
+        registry.card("e")
 
 
 def test_unknown_model_and_family(tmp_path: Path) -> None:
@@ -100,3 +122,74 @@ def test_cli_lists_models(tmp_path: Path) -> None:
     assert rows["7net-0"][3] == "yes" and rows["mine"][3] == "no"
     listed = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True, check=True).stdout)
     assert {row["name"] for row in listed} >= {"7net-0", "chgnet-0.3.0", "mine"}
+
+
+def test_every_backend_matches_the_loader_protocol() -> None:
+    """Each family's ``load_potential`` has the signature of :class:`~mlipserve.models.potential.Backend`."""
+    checked = 0
+    for family in FAMILIES:
+        try:
+            backend = load_backend(family)
+        except BackendUnavailable:  # MACE lives in its own environment
+            continue
+        loader = backend.load_potential
+        hints = typing.get_type_hints(loader)
+        assert list(inspect.signature(loader).parameters) == ["card", "checkpoint", "device"], family
+        assert (hints["card"], hints["checkpoint"], hints["device"]) == (ModelCard, Path, torch.device), family
+        assert issubclass(hints["return"], Potential), family
+        checked += 1
+    assert checked >= 5
+
+
+def test_card_may_narrow_the_potentials_elements_but_not_widen_them() -> None:
+    potential = LennardJonesPotential(rc=3.0)
+    check_card(potential.card, potential)
+    wider = dataclasses.replace(potential.card, elements=("H", "He", "Cu", "Zr"))
+    with pytest.raises(CardError) as caught:
+        check_card(wider, potential)
+    message = str(caught.value)
+    assert "'toy-lj' lists elements H He Cu Zr" in message and "covers H He Ar Cu Og" in message
+    assert "only in the card: Zr" in message
+    with pytest.raises(CardError, match=r"'toy-lj' says cutoff 3\.5 Å, .* cutoff is 3\.0 Å; set `cutoff: 3\.0`"):
+        check_card(dataclasses.replace(potential.card, cutoff=3.5), potential)
+    check_card(dataclasses.replace(potential.card, cutoff=3.0 + 1e-9), potential)  # within the tolerance
+    narrower = dataclasses.replace(potential.card, elements=("Ar", "Cu"))
+    check_card(narrower, potential)
+    assert potential.elements == {18, 29}
+    with pytest.raises(StructureRejected, match=r"element\(s\) He not covered by model 'toy-lj'"):
+        potential.check(AtomicSystem.from_arrays([2, 18], [[0, 0, 0], [2, 0, 0]]))
+
+
+def test_chgnet_is_narrowed_to_its_training_elements() -> None:
+    """CHGNet's embedding reaches Pu; its card lists MPtrj's 89 elements, and the loaded model covers those alone."""
+    potential = load_model(ModelRegistry(), "chgnet-0.3.0", "cpu")
+    assert len(potential.elements) == 89 and 84 not in potential.elements  # Po: in the embedding, not in MPtrj
+    assert potential.elements == potential.card.atomic_numbers
+
+
+def test_one_element_check_with_one_code() -> None:
+    with pytest.raises(StructureRejected) as caught:
+        check_elements("m", np.array([29, 14, 0, 14, 8]), {8, 29})
+    assert caught.value.code is ErrorCode.ELEMENT_NOT_COVERED and caught.value.code == "element_not_covered"
+    assert caught.value.message == "element(s) 0, Si not covered by model 'm'"
+    check_elements("m", np.array([8, 29]), {8, 29})
+
+
+class _NoLonelyAtoms(LennardJonesPotential):
+    def check_structure(self, system: AtomicSystem) -> None:
+        if system.n_atoms == 1:
+            raise StructureRejected(ErrorCode.ISOLATED_ATOM, "one atom")
+
+
+def test_predict_checks_every_system_before_the_batch() -> None:
+    potential = _NoLonelyAtoms()
+    dimer = AtomicSystem.from_arrays([18, 18], [[0, 0, 0], [0, 0, 1.1]])
+    assert potential.predict([dimer])[0].forces.shape == (2, 3)
+    zinc = AtomicSystem.from_arrays([18, 30], [[0, 0, 0], [0, 0, 1.1]])
+    with pytest.raises(StructureRejected, match=r"^element\(s\) Zn not covered by model 'toy-lj'$") as caught:
+        potential.predict([dimer, zinc])
+    assert caught.value.code == ErrorCode.ELEMENT_NOT_COVERED
+    with pytest.raises(StructureRejected) as caught:
+        potential.predict([dimer, AtomicSystem.from_arrays([18], [[0, 0, 0]])])
+    assert caught.value.code == ErrorCode.ISOLATED_ATOM
+    assert potential.calls == 1  # neither rejected batch reached predict_batch

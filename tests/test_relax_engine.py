@@ -12,10 +12,11 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 from mlipserve.models.potential import Prediction
 from mlipserve.models.system import AtomicSystem
-from mlipserve.server.cell_filter import _expm_frechet_adjoint
-from mlipserve.server.codec import decode_result, decode_task, encode_result, encode_task
-from mlipserve.server.relaxation import Ended, RelaxationSet, RelaxOptions, RelaxSpec
-from mlipserve.server.tasks import Task, TaskResult
+from mlipserve.server.dynamics.cell_filter import _expm_frechet_adjoint
+from mlipserve.server.dynamics.options import RelaxOptions, RelaxSpec
+from mlipserve.server.dynamics.relaxation import Ended, RelaxationSet
+from mlipserve.server.engine.tasks import Task, TaskResult
+from mlipserve.server.transport.redis.codec import decode_result, decode_task, encode_result, encode_task
 from scipy.linalg import expm_frechet
 
 

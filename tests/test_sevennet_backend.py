@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,15 @@ import ase.build  # noqa: E402
 import ase.io  # noqa: E402
 from ase import Atoms  # noqa: E402
 from mlipserve.models.cards import CardError, file_sha256  # noqa: E402
-from mlipserve.models.potential import Potential, Prediction  # noqa: E402
+from mlipserve.models.loading import load_model  # noqa: E402
+from mlipserve.models.potential import Potential, Prediction, StructureRejected  # noqa: E402
 from mlipserve.models.registry import ModelRegistry  # noqa: E402
 from mlipserve.models.system import AtomicSystem  # noqa: E402
 from sevenn.calculator import SevenNetCalculator  # noqa: E402
 from sevenn.checkpoint import SevenNetCheckpoint  # noqa: E402
+
+from .conftest import torch_threads  # noqa: E402
+from .toy_potential import saved_for_backward  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 DATASETS = FIXTURES / "datasets"
@@ -90,16 +95,15 @@ def write_card(folder: Path, checkpoint: str, sha256: str, elements: str, cutoff
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+def _threads() -> Iterator[None]:
+    """Two torch threads, as a worker on this machine runs."""
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")
 def sevennet_0(tmp_path_factory) -> Potential:
-    return ModelRegistry(tmp_path_factory.mktemp("models")).load("7net-0", "cpu")
+    return load_model(ModelRegistry(tmp_path_factory.mktemp("models")), "7net-0", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +126,7 @@ def test_7net_0_batch_matches_calculator(sevennet_0, sevennet_0_calc):
     predictions = sevennet_0.predict([AtomicSystem.from_ase(atoms) for _, atoms in sample])
     assert len(predictions) == len(sample)
     assert sevennet_0.dtype == torch.float32 and sevennet_0.cutoff == 5.0
+    assert len(sevennet_0.elements) == 89 and sevennet_0.elements == sevennet_0.card.atomic_numbers
     for (label, atoms), prediction in zip(sample, predictions, strict=True):
         assert_matches(label, atoms, prediction, *reference(sevennet_0_calc, atoms))
 
@@ -156,8 +161,29 @@ def test_mixed_batch_with_molecules_matches_single_evaluation(sevennet_0, sevenn
         assert abs(energy_only.energy - together.energy) <= 1e-4
 
 
+def test_energy_only_builds_no_autograd_graph(sevennet_0):
+    systems = [AtomicSystem.from_ase(read_frames(HFO2)[0]), AtomicSystem.from_ase(ase.build.molecule("H2O"))]
+    with saved_for_backward() as saved:
+        full = sevennet_0.predict(systems)
+    assert saved  # the probe sees the graph of a forces call
+    with saved_for_backward() as saved:
+        energy_only = sevennet_0.predict(systems, ["energy"])
+    assert saved == []
+    for alone, together in zip(energy_only, full, strict=True):
+        assert alone.forces is None and alone.stress is None
+        assert abs(alone.energy - together.energy) <= 1e-4
+
+
+def test_element_outside_the_checkpoint_is_rejected(sevennet_0):
+    polonium = AtomicSystem.from_arrays([84], [[0.0, 0.0, 0.0]], np.eye(3) * 3.4)
+    with pytest.raises(StructureRejected) as caught:
+        sevennet_0.predict([polonium])
+    assert caught.value.code == "element_not_covered"
+    assert caught.value.message == "element(s) Po not covered by model '7net-0'"
+
+
 def test_user_checkpoint_card_matches_calculator(cp0_dir):
-    potential = ModelRegistry(cp0_dir).load("hfo2-cp0", "cpu")
+    potential = load_model(ModelRegistry(cp0_dir), "hfo2-cp0", "cpu")
     assert potential.elements == frozenset({72, 8})
     assert potential.cutoff == SevenNetCheckpoint(str(CP_0)).config["cutoff"]
     frames = read_frames(HFO2)
@@ -171,14 +197,14 @@ def test_card_with_element_unknown_to_checkpoint(cp0_dir, tmp_path):
     shutil.copy(cp0_dir / "cp_0.pth", tmp_path / "cp_0.pth")
     write_card(tmp_path, "cp_0.pth", file_sha256(tmp_path / "cp_0.pth"), "Hf O Zr", 4.0, "hfo2-zr")
     with pytest.raises(CardError, match="Zr"):
-        ModelRegistry(tmp_path).load("hfo2-zr", "cpu")
+        load_model(ModelRegistry(tmp_path), "hfo2-zr", "cpu")
 
 
 def test_card_with_wrong_cutoff(cp0_dir, tmp_path):
     shutil.copy(cp0_dir / "cp_0.pth", tmp_path / "cp_0.pth")
     write_card(tmp_path, "cp_0.pth", file_sha256(tmp_path / "cp_0.pth"), "Hf O", 6.0, "hfo2-cut")
     with pytest.raises(CardError, match="cutoff"):
-        ModelRegistry(tmp_path).load("hfo2-cut", "cpu")
+        load_model(ModelRegistry(tmp_path), "hfo2-cut", "cpu")
 
 
 class _Tripwire:
@@ -197,5 +223,5 @@ def test_wrong_sha256_is_refused_before_unpickling(tmp_path):
     checkpoint.write_bytes(pickle.dumps({"config": _Tripwire(marker)}))
     write_card(tmp_path, "evil.pth", "0" * 64, "Hf O", 4.0, "evil")
     with pytest.raises(CardError, match="sha256"):
-        ModelRegistry(tmp_path).load("evil", "cpu")
+        load_model(ModelRegistry(tmp_path), "evil", "cpu")
     assert not marker.exists()

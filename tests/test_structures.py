@@ -9,7 +9,7 @@ import pytest
 from ase.build import bulk, molecule
 from ase.io import write
 from mlipserve.clients.encoding import chunked, encode_structure
-from mlipserve.server.structures import decode_structure
+from mlipserve.server.api.structures import decode_structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 

@@ -1,8 +1,12 @@
-"""A Lennard-Jones Potential built in the tests: checks the graph and the contract against ase's own LJ."""
+"""A Lennard-Jones Potential built in the tests: checks the graph and the contract against ase's own LJ.
+
+Also :func:`saved_for_backward`, which tells whether a potential built an autograd graph.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -80,3 +84,16 @@ def lj_reference(
     atoms.calc = LennardJones(sigma=sigma, epsilon=epsilon, rc=rc, smooth=False)
     stress = atoms.get_stress(voigt=False) if atoms.pbc.any() else None
     return atoms.get_potential_energy(), atoms.get_forces(), stress
+
+
+@contextlib.contextmanager
+def saved_for_backward() -> Iterator[list[torch.Size]]:
+    """The shapes of the tensors that autograd saves for a backward pass inside the block: none without a graph."""
+    saved: list[torch.Size] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield saved

@@ -26,11 +26,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers
 
+from ...errors import ErrorCode
 from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph, neighbor_list
-from ..potential import ALL_PROPERTIES, FORCES, STRESS, Potential, Prediction, StructureRejected
+from ..potential import (
+    ALL_PROPERTIES,
+    Potential,
+    Prediction,
+    StructureRejected,
+    divide_by_volume,
+    needs_gradients,
+    split_batch,
+)
 from ..system import AtomicSystem
 from .ace_format import AceFormatError, AceModel, PairTable, read_pair_table, read_potential
 from .ace_radial import (
@@ -44,7 +53,6 @@ from .ace_radial import (
     zbl,
 )
 
-_MIN_VOLUME = 1e-6
 _OPTIONS = {"pair_table", "pair_table_sha256", "dtype", "radial"}
 _RADIAL_MODES = ("spline", "exact")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -100,13 +108,8 @@ class AcePotential(Potential):
         self.card, self.model, self.pair_table = card, model, pair_table
         self.radial_mode = radial
         self.device, self.dtype = torch.device(device), dtype
-        missing = sorted(set(card.elements) - set(model.elements))
-        if missing:
-            raise CardError(f"{card.name}: the card lists {missing}, which the potential does not cover")
         self.elements = frozenset(atomic_numbers[e] for e in model.elements)
         self.cutoff = max(model.cutoff, pair_table.cutoff if pair_table else 0.0)
-        if abs(self.cutoff - card.cutoff) > 1e-6:
-            raise CardError(f"{card.name}: the card says cutoff {card.cutoff} Å, the potential needs {self.cutoff} Å")
         self._species_of_z = np.full(119, -1, dtype=np.int64)
         for mu, element in enumerate(model.elements):
             self._species_of_z[atomic_numbers[element]] = mu
@@ -191,33 +194,28 @@ class AcePotential(Potential):
 
     # -- contract -----------------------------------------------------------------------------------------------
 
-    def check(self, system: AtomicSystem) -> None:
-        """Reject unknown elements, and distances below the pair table's first point (it cannot be extrapolated)."""
-        unknown = set(np.unique(system.numbers).tolist()) - self.elements
-        if unknown:
-            symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
-            raise StructureRejected("unknown_element", f"{self.card.name} does not know {symbols}")
+    def check_structure(self, system: AtomicSystem) -> None:
+        """Reject distances below the pair table's first point (the table cannot be extrapolated)."""
         if self.pair_table is not None and system.n_atoms > 1:
             shortest = min(float(r[0]) for r, _, _ in self.pair_table.sections.values())
             i, _, _ = neighbor_list(system, shortest)
             if i.size:
                 raise StructureRejected(
-                    "atoms_too_close", f"{self.card.name}: two atoms are closer than the pair table's {shortest} Å"
+                    ErrorCode.ATOMS_TOO_CLOSE,
+                    f"{self.card.name}: two atoms are closer than the pair table's {shortest} Å",
                 )
 
     def predict_batch(
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
     ) -> list[Prediction]:
         """Evaluate all ``systems`` at once; autograd is used only when forces or stress are asked for."""
-        for system in systems:
-            self.check(system)
         graph = build_graph(systems, self.cutoff)
-        need_grad = FORCES in properties or STRESS in properties
+        need_grad = needs_gradients(properties)
         with torch.inference_mode(False), torch.set_grad_enabled(need_grad):
             vectors = torch.as_tensor(graph.edge_vectors(), dtype=self.dtype, device=self.device)
             vectors.requires_grad_(need_grad)
             energies = self.system_energies(graph, vectors)
-            forces = virials = None
+            forces = stress = None
             if need_grad:
                 gradient = None
                 if energies.requires_grad:  # not when no atom has a neighbour inside the cutoff
@@ -225,18 +223,8 @@ class AcePotential(Potential):
                 if gradient is None:
                     gradient = torch.zeros_like(vectors)
                 forces, virials = self._forces_and_virials(graph, vectors.detach(), gradient)
-        energies = energies.detach().double().cpu().numpy()
-        offsets = graph.atom_offsets
-        predictions = []
-        for index, system in enumerate(systems):
-            prediction = Prediction(energy=float(energies[index]))
-            if FORCES in properties:
-                prediction.forces = forces[offsets[index] : offsets[index + 1]].copy()
-            if STRESS in properties and system.is_periodic and system.volume >= _MIN_VOLUME:
-                virial = virials[index]
-                prediction.stress = 0.5 * (virial + virial.T) / system.volume
-            predictions.append(prediction)
-        return predictions
+                stress = divide_by_volume(systems, 0.5 * (virials + virials.transpose(0, 2, 1)))
+        return split_batch(systems, properties, energies.detach().double().cpu().numpy(), forces, stress)
 
     # -- the model ----------------------------------------------------------------------------------------------
 

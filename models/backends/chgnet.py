@@ -19,6 +19,7 @@ from ase.units import GPa
 from chgnet.graph.crystalgraph import CrystalGraph
 from chgnet.model.model import CHGNet
 
+from ...errors import ErrorCode
 from ..cards import CardError, ModelCard
 from ..potential import ALL_PROPERTIES, FORCES, STRESS, Potential, Prediction, StructureRejected
 from ..system import AtomicSystem
@@ -31,7 +32,7 @@ _BOX_MARGIN = 1.0
 
 
 def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> CHGNetPotential:
-    """Load a CHGNet checkpoint with chgnet's own loader and check its cutoffs against the card."""
+    """Load a CHGNet checkpoint with chgnet's own loader and check its bond graph cutoff against the card."""
     options = {"mlp_out_bias": bool(card.options["mlp_out_bias"])} if "mlp_out_bias" in card.options else {}
     with contextlib.redirect_stdout(io.StringIO()):  # chgnet prints a banner when it builds a model
         model = CHGNet.from_file(str(checkpoint), **options)
@@ -48,11 +49,6 @@ class CHGNetPotential(Potential):
         bond_cutoff = card.options.get("bond_graph_cutoff")
         if bond_cutoff is None:
             raise CardError(f"{card.name}: a CHGNet card needs options.bond_graph_cutoff")
-        if float(converter.atom_graph_cutoff) != card.cutoff:
-            raise CardError(
-                f"{card.name}: the checkpoint's atom graph cutoff is {converter.atom_graph_cutoff} Å, "
-                f"but the card says {card.cutoff} Å"
-            )
         if float(converter.bond_graph_cutoff) != float(bond_cutoff):
             raise CardError(
                 f"{card.name}: the checkpoint's bond graph cutoff is {converter.bond_graph_cutoff} Å, "
@@ -66,10 +62,10 @@ class CHGNetPotential(Potential):
             parameter.requires_grad_(False)
         self.cutoff = float(converter.atom_graph_cutoff)
         self.bond_graph_cutoff = float(converter.bond_graph_cutoff)
-        n_embedded = self.model.atom_embedding.embedding.num_embeddings
-        self.elements = frozenset(z for z in card.atomic_numbers if z <= n_embedded)
+        # The atom embedding has a row for each atomic number from 1 up.
+        self.elements = frozenset(range(1, self.model.atom_embedding.embedding.num_embeddings + 1))
 
-    def check(self, system: AtomicSystem) -> None:
+    def check_structure(self, system: AtomicSystem) -> None:
         """Reject a system with an atom that has no neighbour within the cutoff (CHGNet cannot evaluate it)."""
         i, _, _, _ = self._neighbors(system)
         isolated = np.setdiff1d(np.arange(system.n_atoms), i)
@@ -77,7 +73,7 @@ class CHGNetPotential(Potential):
             k = int(isolated[0])
             more = f" (and {isolated.size - 1} more)" if isolated.size > 1 else ""
             raise StructureRejected(
-                "isolated_atom",
+                ErrorCode.ISOLATED_ATOM,
                 f"atom {k} ({chemical_symbols[int(system.numbers[k])]}){more} has no neighbour within "
                 f"{self.cutoff} Å, which CHGNet cannot evaluate",
             )

@@ -21,19 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase.data import chemical_symbols
 
 from ..cards import CardError, ModelCard
 from ..graph import neighbor_list
 from ..potential import (
     ALL_PROPERTIES,
-    FORCES,
     MIN_VOLUME,
     STRESS,
     Potential,
     Prediction,
-    StructureRejected,
     has_volume,
+    needs_gradients,
     split_batch,
 )
 from ..system import AtomicSystem
@@ -90,17 +88,8 @@ class MACEPotential(Potential):
         self.z_table = [int(z) for z in model.atomic_numbers]
         self._type_index = np.full(max(self.z_table) + 1, -1, dtype=np.int64)
         self._type_index[self.z_table] = np.arange(len(self.z_table))
-        missing = sorted(card.atomic_numbers - set(self.z_table))
-        if missing:
-            raise CardError(
-                f"{card.name}: the card lists {', '.join(chemical_symbols[z] for z in missing)}, which the model "
-                f"file {checkpoint.name} does not know"
-            )
-        cutoff = float(model.r_max)
-        if abs(cutoff - card.cutoff) > 1e-6:
-            raise CardError(f"{card.name}: the card says cutoff {card.cutoff} Å, the model file says {cutoff} Å")
-        self.cutoff = cutoff
-        self.elements = card.atomic_numbers
+        self.elements = frozenset(self.z_table)
+        self.cutoff = float(model.r_max)
         self.heads = [str(head) for head in getattr(model, "heads", None) or ["Default"]]
         self.head = self.heads.index(_pick_head(card, self.heads))
         model = model.to(dtype=self.dtype)
@@ -111,20 +100,11 @@ class MACEPotential(Potential):
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
 
-    def check(self, system: AtomicSystem) -> None:
-        """Reject elements the model file has no embedding for."""
-        unknown = set(np.unique(system.numbers).tolist()) - set(self.z_table)
-        if unknown:
-            symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
-            raise StructureRejected("element_not_covered", f"{self.card.name} does not know {symbols}")
-
     def predict_batch(
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
     ) -> list[Prediction]:
         """Evaluate all ``systems`` in one forward pass; gradients are taken only for forces or stress."""
-        for system in systems:
-            self.check(system)
-        need_forces = FORCES in properties or STRESS in properties
+        need_forces = needs_gradients(properties)
         need_stress = STRESS in properties and any(has_volume(system) for system in systems)
         if need_forces:
             # Forces and stress are autograd derivatives; this must work under the caller's no_grad or

@@ -21,8 +21,10 @@ Forces and the virial come from autograd of the energy with respect to the edge 
 ``W = -Σ g ⊗ r_ij`` (MLIP's ``PlusStress``, symmetrised) and ASE stress ``-W / V``.
 
 The ``.mtp`` file names no elements: the model card's ``elements`` list gives the element of each species index,
-in species-index order (``elements: Fe Co Ni`` means species 0 is Fe, 1 is Co, 2 is Ni). Its ``cutoff`` must be
-the file's ``max_dist``. ``options.dtype`` may be ``float32`` (default ``float64``).
+in species-index order (``elements: Fe Co Ni`` means species 0 is Fe, 1 is Co, 2 is Ni), so the potential's
+elements are the card's by design, and what is checked against the file is their number (``species_count``). The
+cutoff is the file's ``max_dist``, which the card's must equal. ``options.dtype`` may be ``float32`` (default
+``float64``).
 """
 
 from __future__ import annotations
@@ -38,12 +40,10 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph
-from ..potential import ALL_PROPERTIES, FORCES, STRESS, Potential, Prediction, StructureRejected
+from ..potential import ALL_PROPERTIES, Potential, Prediction, divide_by_volume, needs_gradients, split_batch
 from ..system import AtomicSystem
 from .mtp_format import MTPFile, read_mtp
 
-#: Volumes below this (Å³) are treated as "no cell": no stress is reported.
-_MIN_VOLUME = 1e-6
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -78,10 +78,6 @@ class MTPPotential(Potential):
         self.dtype = dtype
         self.species_of = _species_map(card, mtp)
         self.elements = frozenset(int(z) for z in np.flatnonzero(self.species_of >= 0))
-        if abs(card.cutoff - mtp.max_dist) > 1e-9:
-            raise CardError(
-                f"{card.name}: the card says cutoff {card.cutoff} Å, the .mtp file's max_dist is {mtp.max_dist} Å"
-            )
         self.cutoff = mtp.max_dist
 
         def tensor(values, dtype=dtype):
@@ -107,32 +103,13 @@ class MTPPotential(Potential):
         self._moment_coeffs = tensor(mtp.moment_coeffs)
         self._species_coeffs = tensor(mtp.species_coeffs)
 
-    def check(self, system: AtomicSystem) -> None:
-        """Reject elements that the card maps to no species of the file."""
-        numbers = np.unique(system.numbers)
-        unknown = [int(z) for z in numbers if not 0 < z < len(self.species_of) or self.species_of[z] < 0]
-        if unknown:
-            symbols = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
-            raise StructureRejected("element_not_covered", f"{self.card.name} has no MTP species for {symbols}")
-
     def predict_batch(
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
     ) -> list[Prediction]:
         """Evaluate all ``systems`` in one pass; gradients are taken only for forces or stress."""
-        for system in systems:
-            self.check(system)
-        graph = build_graph(systems, self.cutoff)
-        output = self.evaluate(graph, need_grad=FORCES in properties or STRESS in properties)
-        offsets = graph.atom_offsets
-        predictions = []
-        for index, system in enumerate(systems):
-            prediction = Prediction(energy=float(output.energy[index]))
-            if FORCES in properties and output.forces is not None:
-                prediction.forces = output.forces[offsets[index] : offsets[index + 1]].copy()
-            if STRESS in properties and output.virial is not None and _has_volume(system):
-                prediction.stress = -output.virial[index] / system.volume
-            predictions.append(prediction)
-        return predictions
+        output = self.evaluate(build_graph(systems, self.cutoff), need_grad=needs_gradients(properties))
+        stress = None if output.virial is None else divide_by_volume(systems, -output.virial)  # ASE: -W / V
+        return split_batch(systems, properties, output.energy, output.forces, stress)
 
     def evaluate(self, graph: BatchedGraph, need_grad: bool = True) -> MTPOutput:
         """Energies of every system of ``graph``; with ``need_grad`` also forces and MLIP's virials."""
@@ -290,7 +267,3 @@ def _species_map(card: ModelCard, mtp: MTPFile) -> np.ndarray:
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().double().numpy()
-
-
-def _has_volume(system: AtomicSystem) -> bool:
-    return system.is_periodic and system.volume >= _MIN_VOLUME

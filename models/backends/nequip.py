@@ -4,9 +4,9 @@ Two file forms are served (see :mod:`.nequip_formats`): TorchScript files from `
 AOTInductor packages from ``nequip-compile --mode aotinductor`` (current nequip; ``--target batch`` for batched
 inference, ``--target ase`` one structure per call). Both run on torch alone; the ``nequip`` package is not needed.
 
-The cutoff and the atom type names are read from the file and checked against the card. A model's types are
-names, not elements: the card maps its elements to them with ``options.type_names`` (``{Li: Li, Cl: Cl}``), or,
-without that option, the type names must be exactly the card's element symbols.
+The cutoff and the atom type names are read from the file (the registry checks the card against them). A model's
+types are names, not elements: the card maps elements to them with ``options.type_names`` (``{Li: Li, Cl: Cl}``);
+without that option the type names must be element symbols, and they are the potential's elements.
 """
 
 from __future__ import annotations
@@ -20,13 +20,7 @@ import torch
 from ase.data import atomic_numbers, chemical_symbols
 
 from ..cards import CardError, ModelCard
-from ..potential import (
-    ALL_PROPERTIES,
-    Potential,
-    Prediction,
-    reject_unknown_elements,
-    split_batch,
-)
+from ..potential import ALL_PROPERTIES, Potential, Prediction, split_batch
 from ..system import AtomicSystem
 from .nequip_formats import (
     TORCHSCRIPT,
@@ -57,7 +51,8 @@ def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> N
 
 
 def atom_type_indices(card: ModelCard, type_names: Sequence[str]) -> dict[int, int]:
-    """Map each of the card's atomic numbers to the model's type index, checking the card against the file."""
+    """Map atomic numbers to the model's type indices: by ``options.type_names`` (element -> type name), or, without
+    that option, by the type names themselves, which must then be element symbols."""
     mapping = card.options.get("type_names")
     listed = ", ".join(type_names)
     if mapping is None:
@@ -67,19 +62,9 @@ def atom_type_indices(card: ModelCard, type_names: Sequence[str]) -> dict[int, i
                 f"{card.name}: the model's type names ({listed}) are not all element symbols; map the card's elements "
                 "to them with options.type_names, e.g. {element: type name}"
             )
-        if set(type_names) != set(card.elements):
-            raise CardError(
-                f"{card.name}: the card lists elements {' '.join(card.elements)}, "
-                f"but the model's type names are {listed}"
-            )
         mapping = {name: name for name in type_names}
-    if not isinstance(mapping, dict):
+    if not isinstance(mapping, dict) or any(element not in atomic_numbers for element in mapping):
         raise CardError(f"{card.name}: options.type_names must map element symbols to the model's type names")
-    if set(mapping) != set(card.elements):
-        raise CardError(
-            f"{card.name}: options.type_names maps {' '.join(sorted(mapping))}, but the card lists elements "
-            f"{' '.join(card.elements)}; they must be the same"
-        )
     unknown = sorted(str(name) for name in mapping.values() if name not in type_names)
     if unknown:
         raise CardError(f"{card.name}: options.type_names names types {unknown} that the model lacks (it has {listed})")
@@ -96,8 +81,6 @@ class NequIPPotential(Potential):
         self.model = model
         self.device = torch.device(device)
         self.dtype = model.dtype
-        if abs(model.r_max - card.cutoff) > 1e-6:
-            raise CardError(f"{card.name}: the card says cutoff {card.cutoff} Å, the model file says {model.r_max} Å")
         self.cutoff = model.r_max
         self.type_index = atom_type_indices(card, model.type_names)
         self.elements = frozenset(self.type_index)
@@ -107,15 +90,12 @@ class NequIPPotential(Potential):
         if not model.has_stress:
             log.info("%s: the model file computes no stress; stress will be null", card.name)
 
-    def check(self, system: AtomicSystem) -> None:
-        """Reject elements the card does not map to a model type."""
-        reject_unknown_elements(self.card.name, system.numbers, self.type_index)
-
     def predict_batch(
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
     ) -> list[Prediction]:
-        """Evaluate ``systems``; stress is None for molecules and for models deployed without a stress output."""
-        for system in systems:
-            self.check(system)
+        """Evaluate ``systems``; stress is None for molecules and for models deployed without a stress output.
+
+        A deployed model computes forces (and stress) in its forward pass whatever is asked: they are dropped here.
+        """
         output = self.model.evaluate(systems, [self._lookup[system.numbers] for system in systems])
         return split_batch(systems, properties, output.energy, output.forces, output.stress)

@@ -16,20 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from ase.data import chemical_symbols
 
 from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph
-from ..potential import (
-    ALL_PROPERTIES,
-    FORCES,
-    MIN_VOLUME,
-    STRESS,
-    Potential,
-    Prediction,
-    reject_unknown_elements,
-    split_batch,
-)
+from ..potential import ALL_PROPERTIES, MIN_VOLUME, Potential, Prediction, needs_gradients, split_batch
 from ..system import AtomicSystem
 
 try:  # sevenn is the optional dependency of this family; the registry reports a missing package clearly
@@ -62,21 +52,9 @@ class SevenNetPotential(Potential):
         # The file is a full pickle (sevenn loads it with weights_only=False); the registry verified its sha256.
         sevenn_checkpoint = SevenNetCheckpoint(str(checkpoint))
         config = sevenn_checkpoint.config
-        type_map: dict[int, int] = {int(z): int(i) for z, i in config[KEY.TYPE_MAP].items()}
-        missing = sorted(card.atomic_numbers - set(type_map), key=int)
-        if missing:
-            known = " ".join(chemical_symbols[z] for z in sorted(type_map))
-            raise CardError(
-                f"{card.name}: the card lists {', '.join(chemical_symbols[z] for z in missing)}, which the checkpoint "
-                f"{checkpoint.name} does not know (it knows {known})"
-            )
-        cutoff = float(config[KEY.CUTOFF])
-        if abs(cutoff - card.cutoff) > 1e-6:
-            raise CardError(f"{card.name}: the card says cutoff {card.cutoff} Å, the checkpoint says {cutoff} Å")
         self.modal = self._pick_modal(card, config)
-        self.type_map = type_map
-        self.elements = card.atomic_numbers
-        self.cutoff = cutoff
+        self.elements = frozenset(int(z) for z in config[KEY.TYPE_MAP])
+        self.cutoff = float(config[KEY.CUTOFF])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
             model = sevenn_checkpoint.build_model()
@@ -98,18 +76,15 @@ class SevenNetPotential(Potential):
             raise CardError(f"{card.name}: set options.modal in the card to one of {sorted(modal_map)}")
         return str(modal)
 
-    def check(self, system: AtomicSystem) -> None:
-        """Reject elements the checkpoint has no type index for (sevenn would map them to -1 silently)."""
-        reject_unknown_elements(self.card.name, system.numbers, self.type_map)
-
     def predict_batch(
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
     ) -> list[Prediction]:
-        """Evaluate all ``systems`` in one forward pass; gradients are taken only for forces or stress."""
-        for system in systems:
-            self.check(system)  # the worker has checked already; a direct caller must not reach the -1 type index
+        """Evaluate all ``systems`` in one forward pass; gradients are taken only for forces or stress.
+
+        Elements outside :attr:`elements` must have been refused (:meth:`check`): sevenn maps them to -1 silently.
+        """
         graph = build_graph(systems, self.cutoff)
-        need_grad = FORCES in properties or STRESS in properties
+        need_grad = needs_gradients(properties)
         output = self._forward(graph, need_grad)
 
         energy = output[KEY.PRED_TOTAL_ENERGY].detach().cpu().double().numpy().reshape(-1)

@@ -12,45 +12,20 @@ does with a filter, which reproduces ASE's step counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-from ..models.potential import Prediction
-from ..models.system import AtomicSystem
+from ...models.prediction import Prediction
+from ...models.system import AtomicSystem
+from ...protocol import StopReason
 from .cell_filter import cell_forces, deformation, max_row_norm
-from .fire import BatchedFire, FireParameters
-
-StopReason = Literal["converged", "max_steps", "exploded"]
+from .optimizers import make_optimizer
+from .options import RelaxSpec
 
 #: A force beyond this (eV/Å) on any atom, or a non-finite one, flags a relaxation as exploded.
 EXPLODED_FORCE = 1e3
 #: A principal stretch of the cell beyond this factor (or below its inverse) flags a relaxation as exploded.
 EXPLODED_STRETCH = 2.0
-
-
-@dataclass(frozen=True)
-class RelaxOptions:
-    """What a relaxation request asks for; the defaults are the matbench-discovery protocol."""
-
-    optimizer: Literal["fire"] = "fire"
-    fmax: float = 0.05
-    max_steps: int = 500
-    relax_cell: bool = True
-    hydrostatic_strain: bool = False
-    #: Applied pressure, eV/Å³.
-    scalar_pressure: float = 0.0
-    #: Record a frame every this many steps (0: no trajectory).
-    trajectory_every: int = 0
-
-
-@dataclass(frozen=True)
-class RelaxSpec:
-    """One structure's relaxation: the request's options and the atoms that must not move."""
-
-    options: RelaxOptions
-    #: Indices of fixed atoms, or None.
-    fixed: np.ndarray | None = None
 
 
 @dataclass
@@ -97,11 +72,13 @@ class Ended:
 class RelaxationSet:
     """The structures being relaxed; generalised coordinates of all of them live in one array of rows."""
 
-    def __init__(self, fire: FireParameters | None = None):
-        self.fire = BatchedFire(fire)
+    def __init__(self, optimizer: str = "fire"):
+        self.optimizer = make_optimizer(optimizer)
         self.members: list[_Member] = []
         #: Generalised coordinates: each structure's atom rows, then 3 cell rows if its cell relaxes.
         self.x = np.zeros((0, 3))
+        #: Positions, cells and deformation gradients at ``x``: computed once per round (one batched expm).
+        self._geometry_at_x: tuple[list[np.ndarray], list[np.ndarray], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.members)
@@ -120,7 +97,12 @@ class RelaxationSet:
         self.members.append(_Member(key, system, spec, has_cell, movable))
         rows = [system.positions] + ([np.zeros((3, 3))] if has_cell else [])
         self.x = np.concatenate([self.x, *rows])
-        self.fire.add(system.n_atoms + 3 * has_cell)
+        self._geometry_at_x = None
+        self.optimizer.add(system.n_atoms + 3 * has_cell)
+
+    def keys(self) -> list[str]:
+        """The keys of the structures being relaxed, in order."""
+        return [member.key for member in self.members]
 
     def systems(self) -> list[tuple[str, AtomicSystem]]:
         """Each member's current geometry, to evaluate."""
@@ -137,7 +119,7 @@ class RelaxationSet:
         """
         positions, cells, deform = self._geometry()
         forces, stop, failed = self._generalised_forces(predictions, cells, deform)
-        fmax = max_row_norm(forces, self.fire.owner, len(self.members))
+        fmax = max_row_norm(forces, self.optimizer.owner, len(self.members))
         ended = []
         for i, member in enumerate(self.members):
             prediction = predictions.get(member.key)
@@ -168,7 +150,7 @@ class RelaxationSet:
         """Forces on every row (atoms, then cell rows) as FrechetCellFilter defines them; which members exploded
         and which have no prediction."""
         k = len(self.members)
-        owner = self.fire.owner
+        owner = self.optimizer.owner
         forces = np.zeros_like(self.x)
         stop: list[StopReason | None] = [None] * k
         failed = np.zeros(k, dtype=bool)
@@ -219,12 +201,14 @@ class RelaxationSet:
     def _step_on(self, forces: np.ndarray, going_on: np.ndarray) -> None:
         """One FIRE step for the members ``going_on``; the others leave the set."""
         if going_on.any():
-            self.x = self.x + self.fire.step(forces, going_on)
+            self.x = self.x + self.optimizer.step(forces, going_on)
+            self._geometry_at_x = None
             for i in np.flatnonzero(going_on):
                 self.members[i].steps += 1
         if not going_on.all():
-            self.x = self.x[going_on[self.fire.owner]]
-            self.fire.remove(going_on)
+            self.x = self.x[going_on[self.optimizer.owner]]
+            self._geometry_at_x = None
+            self.optimizer.remove(going_on)
             self.members = [m for m, keep in zip(self.members, going_on, strict=True) if keep]
 
     # -- geometry -------------------------------------------------------------------------------------------
@@ -260,7 +244,12 @@ class RelaxationSet:
         return deform
 
     def _geometry(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-        """Current positions, cells and deformation gradients of every member."""
+        """Current positions, cells and deformation gradients of every member, computed once per change of x."""
+        if self._geometry_at_x is None:
+            self._geometry_at_x = self._compute_geometry()
+        return self._geometry_at_x
+
+    def _compute_geometry(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
         log_strain, cell_index = self._log_strains()
         deform = self._deformations(log_strain, cell_index, len(self.members))
         positions, cells = [], []

@@ -1,4 +1,4 @@
-"""The HTTP routes of asynchronous jobs: ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, its results, ``DELETE``."""
+"""The routes of asynchronous jobs: ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, its results, ``DELETE``."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from .errors import RequestError
-from .jobs import Job, JobManager, extxyz_first_frame_problem, read_extxyz_frames
-from .relaxation import RelaxOptions
-from .schemas import ErrorResponse, JobRequest, ModelInfo, RelaxSettings
-from .state import AppState, check_fixed_count, check_structure_count
-
-JOB_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (404, 413, 422, 503)
-}
+from ....errors import ErrorCode
+from ...dynamics.options import RelaxOptions
+from ..context import AppState
+from ..errors import RequestError
+from ..ingest import check_fixed_count, check_structure_count
+from ..jobs import Job, JobManager, read_extxyz_frames
+from ..schemas import ERROR_RESPONSES, ErrorResponse, JobRequest, ModelInfo, RelaxSettings
+from ..structures import extxyz_first_frame_problem
 
 JOB_REQUEST_BODY = {
     "required": True,
@@ -59,7 +58,7 @@ class JobStatus(JobCreated):
     model_info: ModelInfo | None = Field(description="The `model` block a /v1/predict response would carry.")
 
 
-def create_jobs_router(state: AppState, jobs: JobManager) -> APIRouter:
+def create_router(state: AppState, jobs: JobManager) -> APIRouter:
     """The four job routes; errors are RequestErrors, answered by the app's handler."""
     router = APIRouter(tags=["jobs"])
 
@@ -67,7 +66,7 @@ def create_jobs_router(state: AppState, jobs: JobManager) -> APIRouter:
         "/v1/jobs",
         status_code=202,
         response_model=None,
-        responses={202: {"model": JobCreated}, **JOB_ERROR_RESPONSES},
+        responses={202: {"model": JobCreated}, **ERROR_RESPONSES},
         openapi_extra={"requestBody": JOB_REQUEST_BODY},
     )
     async def submit_job(request: Request) -> JSONResponse:
@@ -153,7 +152,9 @@ async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], R
         properties = form.get("properties")
         relax_field = form.get("relax")
         if not isinstance(upload, UploadFile):
-            raise RequestError(422, "invalid_request", "the upload needs the extxyz file in a file field named 'file'")
+            raise RequestError(
+                422, ErrorCode.INVALID_REQUEST, "the upload needs the extxyz file in a file field named 'file'"
+            )
         data = await upload.read()
     fields: dict[str, Any] = {"model": model or None, "structures": []}
     if properties:
@@ -166,12 +167,14 @@ async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], R
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise RequestError(422, "unparsable_text", "the uploaded file is not UTF-8 text (expected extxyz)") from None
+        raise RequestError(
+            422, ErrorCode.UNPARSABLE_TEXT, "the uploaded file is not UTF-8 text (expected extxyz)"
+        ) from None
     if not text.strip():
-        raise RequestError(422, "no_structures", "the uploaded file is empty")
+        raise RequestError(422, ErrorCode.NO_STRUCTURES, "the uploaded file is empty")
     problem = await anyio.to_thread.run_sync(extxyz_first_frame_problem, text)
     if problem:
-        raise RequestError(422, "unparsable_text", f"could not read the uploaded file as extxyz: {problem}")
+        raise RequestError(422, ErrorCode.UNPARSABLE_TEXT, f"could not read the uploaded file as extxyz: {problem}")
     return parsed.model, tuple(dict.fromkeys(parsed.properties)), relax, text
 
 

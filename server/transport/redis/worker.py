@@ -16,43 +16,26 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .. import __version__
-from ..models.registry import ModelRegistry
-from . import redis_layout as layout
-from .batching import BatchPolicy
+from .... import __version__
+from ....errors import ErrorCode
+from ....models.loading import load_model
+from ....models.registry import ModelRegistry
+from ...config import RedisWorkerSettings
+from ...engine.loop import Worker
+from ...engine.tasks import Task, TaskResult
+from ...engine.tuning import tune_process
+from . import layout
 from .codec import decode_task, encode_result
-from .tasks import Task, TaskResult
-from .tuning import tune_process
-from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 #: Seconds below which a blocking read is not trusted to time out on time (Redis's default cron runs at 10 Hz).
 SHORTEST_REDIS_BLOCK = 0.1
-
-
-@dataclass(frozen=True)
-class RedisWorkerSettings:
-    redis_url: str
-    model: str
-    device: str = "auto"
-    batch: BatchPolicy = field(default_factory=BatchPolicy)
-    #: A task unacknowledged this long (s) is taken over from its worker, presumed dead.
-    claim_idle: float = 30.0
-    #: Deliveries after which a task goes to the dead-letter stream instead of to a worker again.
-    max_deliveries: int = 3
-    heartbeat_interval: float = 2.0
-    #: Seconds a heartbeat stays valid; a worker not heard from for this long counts as gone.
-    heartbeat_ttl: float = 10.0
-    #: Seconds a result stream is kept after its last write.
-    result_ttl: float = 3600.0
-    torch_threads: int | None = None
 
 
 class RedisTaskSource:
@@ -139,7 +122,7 @@ class RedisTaskSource:
         task, reply_to = decode_task(fields[b"m"])
         reason = f"the task was given to a worker {deliveries} times and no worker finished it (workers crashed)"
         log.error("dead-lettering task %s: %s", task.id, reason)
-        result = TaskResult(task_id=task.id, error_code="worker_crashed", error_message=reason)
+        result = TaskResult.failure(task.id, ErrorCode.WORKER_CRASHED, reason)
         pipe = self.redis.pipeline()
         pipe.xadd(layout.dead_letter_stream(self.settings.model), {"m": fields[b"m"], "reason": reason})
         self._queue_reply(pipe, reply_to, result)
@@ -193,7 +176,9 @@ class RedisWorker:
     def run(self) -> None:
         tune_process(self.settings.torch_threads)
         card = self.registry.card(self.settings.model)
-        potential = self.registry.load(card.name, None if self.settings.device == "auto" else self.settings.device)
+        potential = load_model(
+            self.registry, card.name, None if self.settings.device == "auto" else self.settings.device
+        )
         source = RedisTaskSource(self.redis, self.settings, consumer=self.id)
         worker = Worker(potential, source, self.settings.batch)
         self.announcement = {

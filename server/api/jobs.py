@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import io
 import logging
 import time
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,11 +23,16 @@ from typing import Any
 import anyio
 import orjson
 
-from ..models.cards import ModelCard
+from ...errors import ErrorCode
+from ...models.cards import ModelCard
+from ..dynamics.options import RelaxOptions
+from ..engine.tasks import Task, TaskResult
+from ..transport.base import BrokerError, ModelStatus, TimedOut
+from .context import AppState
 from .errors import RequestError, StructureError
-from .relaxation import RelaxOptions
-from .state import RELAX_PROPERTIES, AppState, ModelStatus, model_info
-from .tasks import Task, TaskResult
+from .ingest import RELAX_PROPERTIES, prepare_tasks
+from .render import model_info, result_entry
+from .structures import read_frames
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +191,8 @@ class JobManager:
         self.forget_expired()
         job = self._jobs.get(job_id)
         if job is None:
-            raise RequestError(
-                404, "unknown_job", f"no job {job_id!r} on this server (finished jobs are kept for a limited time)"
-            )
+            message = f"no job {job_id!r} on this server (finished jobs are kept for a limited time)"
+            raise RequestError(404, ErrorCode.UNKNOWN_JOB, message)
         return job
 
     def cancel(self, job: Job) -> None:
@@ -273,7 +275,8 @@ class JobManager:
     ) -> list[tuple[int, Task | StructureError]]:
         """Decode and validate structures ``start, start + 1, ...`` exactly as /v1/predict (or /v1/relax) does."""
         fixed = None if job.fixed is None else job.fixed[start : start + len(structures)]
-        prepared = self.state.prepare_tasks(structures, card, job.properties, start, relax=job.relax, fixed=fixed)
+        limits = self.state.settings.limits
+        prepared = prepare_tasks(structures, card, job.properties, limits, start, relax=job.relax, fixed=fixed)
         return list(enumerate(prepared, start))
 
     def _split(self, job: Job, tasks: list[tuple[int, Task]]) -> Iterator[list[tuple[int, Task]]]:
@@ -306,23 +309,25 @@ class JobManager:
             job.model_info, job.worker_known = model_info(card, status, results), True
         job.record(
             [
-                (index, result.as_response(index, task.n_atoms, job.properties))
+                (index, result_entry(result, index, task.n_atoms, job.properties))
                 for (index, task), result in zip(chunk, results, strict=True)
             ]
         )
 
     async def _submit(self, tasks: list[Task]) -> list[TaskResult]:
-        """Submit to the broker, retrying with backoff while it answers 503 (queue full, no worker...)."""
+        """Submit to the broker, retrying with backoff while it is unavailable (queue full, no worker...)."""
         started = time.monotonic()
         delay = RETRY_FIRST_DELAY
         while True:
             try:
                 return await self.state.broker.submit(tasks)
-            except RequestError as error:
+            except BrokerError as error:
                 wait = min(error.retry_after or delay, RETRY_MAX_DELAY)
                 waited = time.monotonic() - started
-                if error.status != 503 or waited + wait > self.retry_for:
-                    suffix = f" (still refused after retrying for {waited:.0f} s)" if error.status == 503 else ""
+                if isinstance(error, TimedOut) or waited + wait > self.retry_for:
+                    suffix = (
+                        "" if isinstance(error, TimedOut) else f" (still refused after retrying for {waited:.0f} s)"
+                    )
                     raise JobFailed(f"{error.code}: {error.message}{suffix}") from None
                 log.info("broker refused a job chunk (%s); retrying in %.1f s", error.code, wait)
                 await asyncio.sleep(wait)
@@ -334,43 +339,18 @@ def _timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def extxyz_first_frame_problem(text: str) -> str | None:
-    """Why ``text`` cannot be extxyz, judged from its first frame only (cheap); None when the first frame reads."""
-    from ase.io import read
-
-    lines = text.split("\n", 1)
-    try:
-        n_atoms = int(lines[0].strip())
-        if n_atoms < 0:
-            raise ValueError
-    except ValueError:
-        return f"the first line must be the number of atoms of the first frame, got {lines[0].strip()[:80]!r}"
-    head = "\n".join(text.split("\n", n_atoms + 2)[: n_atoms + 2])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frames = read(io.StringIO(head), index=":", format="extxyz")
-    except Exception as error:  # ase's reader raises many types on bad text
-        return f"the first frame: {error or type(error).__name__}"
-    return None if len(frames) == 1 else "the first frame could not be read"
-
-
 def read_extxyz_frames(text: str, limit: int) -> list[dict[str, Any]]:
     """Every frame of an extxyz file, as request structures; JobFailed when unreadable or above ``limit``."""
-    from ase.io import read
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frames = read(io.StringIO(text), index=":", format="extxyz")
-    except Exception as error:  # ase's reader raises many types on bad text
-        raise JobFailed(f"unparsable_text: could not read the extxyz file: {error or type(error).__name__}") from None
+        frames = read_frames(text, "extxyz")
+    except ValueError as error:
+        raise JobFailed(f"{ErrorCode.UNPARSABLE_TEXT}: could not read the extxyz file: {error}") from None
     if not frames:
-        raise JobFailed("no_structures: the extxyz file holds no structures")
+        raise JobFailed(f"{ErrorCode.NO_STRUCTURES}: the extxyz file holds no structures")
     if len(frames) > limit:
         raise JobFailed(
-            f"too_many_structures: the file holds {len(frames)} structures, more than this server's limit of "
-            f"{limit} per job"
+            f"{ErrorCode.TOO_MANY_STRUCTURES}: the file holds {len(frames)} structures, more than this server's "
+            f"limit of {limit} per job"
         )
     return [
         {"numbers": atoms.numbers, "positions": atoms.positions, "cell": atoms.cell.array, "pbc": atoms.pbc}

@@ -21,26 +21,26 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import redis_layout as layout
-from .broker import Broker
+from ....errors import ErrorCode
+from ...engine.tasks import Task
+from ..base import Broker, ModelState, ModelStatus, Unavailable
+from . import layout
 from .codec import decode_result, encode_task
-from .errors import RequestError
-from .state import ModelState, ModelStatus
-from .tasks import Task, TaskResult
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def redis_unavailable(error: Exception) -> RequestError:
-    return RequestError(503, "redis_unavailable", f"the queue (Redis) is unreachable: {error}", retry_after=2.0)
+def redis_unavailable(error: Exception) -> Unavailable:
+    return Unavailable(ErrorCode.REDIS_UNAVAILABLE, f"the queue (Redis) is unreachable: {error}", retry_after=2.0)
 
 
 class RedisBroker(Broker):
     """Submit tasks to Redis Streams and await their results."""
 
     def __init__(self, url: str, queue_limit: int = 100_000, timeout: float = 3600.0):
+        super().__init__(timeout)
         self.redis = aioredis.Redis.from_url(
             url,
             socket_keepalive=True,
@@ -49,10 +49,8 @@ class RedisBroker(Broker):
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self.queue_limit = queue_limit
-        self.timeout = timeout
         self.server_id = uuid.uuid4().hex[:12]
         self.replies = layout.reply_stream(self.server_id)
-        self._waiting: dict[str, asyncio.Future[TaskResult]] = {}
         self._groups: set[str] = set()
         self._reader: asyncio.Task | None = None
         self._closing = False
@@ -70,30 +68,13 @@ class RedisBroker(Broker):
             await self.redis.delete(self.replies)
         await self.redis.aclose()
 
-    async def submit(self, tasks: Sequence[Task]) -> list[TaskResult]:
-        if not tasks:
-            return []
-        loop = asyncio.get_running_loop()
-        futures = {task.id: loop.create_future() for task in tasks}
-        self._waiting.update(futures)
-        try:
-            try:
-                await self._enqueue(tasks)
-            except UNAVAILABLE as error:
-                raise redis_unavailable(error) from None
-            try:
-                return list(await asyncio.wait_for(asyncio.gather(*futures.values()), self.timeout))
-            except TimeoutError:
-                raise RequestError(504, "timeout", f"no result within {self.timeout:g} s") from None
-        finally:
-            for task_id, future in futures.items():
-                self._waiting.pop(task_id, None)
-                if future.done() and not future.cancelled():
-                    future.exception()  # retrieved: gather reports only the first failure
-                else:
-                    future.cancel()
-
     async def _enqueue(self, tasks: Sequence[Task]) -> None:
+        try:
+            await self._add_to_streams(tasks)
+        except UNAVAILABLE as error:
+            raise redis_unavailable(error) from None
+
+    async def _add_to_streams(self, tasks: Sequence[Task]) -> None:
         by_model: dict[str, list[Task]] = {}
         for task in tasks:
             by_model.setdefault(task.model, []).append(task)
@@ -102,9 +83,8 @@ class RedisBroker(Broker):
             await self._ensure_group(stream)
             queued = await self.redis.xlen(stream)
             if queued + len(model_tasks) > self.queue_limit:
-                raise RequestError(
-                    503, "queue_full", f"{queued} structures are queued for {model}, at the limit", retry_after=5.0
-                )
+                message = f"{queued} structures are queued for {model}, at the limit"
+                raise Unavailable(ErrorCode.QUEUE_FULL, message, retry_after=5.0)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for task in model_tasks:
                     pipe.xadd(stream, {"m": encode_task(task, self.replies)})
@@ -141,22 +121,14 @@ class RedisBroker(Broker):
                 for entry_id, fields in entries:
                     last_id = entry_id
                     done.append(entry_id)
-                    result = decode_result(fields[b"m"])
-                    future = self._waiting.get(result.task_id)
-                    if future is not None and not future.done():  # a reclaimed task may answer twice
-                        future.set_result(result)
+                    self._resolve(decode_result(fields[b"m"]))  # a reclaimed task may answer twice: dropped
             if done:
                 with contextlib.suppress(UNAVAILABLE):
                     await self.redis.xdel(self.replies, *done)
 
-    def _fail_waiting(self, error: RequestError) -> None:
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(error)
-
 
 class RedisWorkerDirectory:
-    """The models served by live workers, read from their heartbeats (a :class:`~.state.ModelDirectory`).
+    """The models served by live workers, read from their heartbeats (a :class:`~..base.ModelDirectory`).
 
     Every registered model is routable in Redis mode; one without a live worker is reported as ``no_workers``.
     """

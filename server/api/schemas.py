@@ -7,14 +7,14 @@ described by :class:`ArraysStructure`, :class:`TextStructure` and pymatgen's ``a
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import dataclasses
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
-from ..models.registry import DEFAULT_MODEL
-from .relaxation import RelaxOptions
-
-Property = Literal["energy", "forces", "stress"]
+from ... import protocol
+from ...models.registry import DEFAULT_MODEL
+from ...protocol import Property, RelaxOptions
 
 
 class ArraysStructure(BaseModel):
@@ -59,24 +59,18 @@ StructureList = Annotated[
 ]
 
 
+def _example(positions: list[list[float]], cell: list[list[float]], **fields: Any) -> ConfigDict:
+    """A request of one Si₂ crystal, as the OpenAPI page shows it."""
+    structure: dict[str, Any] = {"symbols": ["Si", "Si"], "positions": positions, "cell": cell, "pbc": [True] * 3}
+    example: dict[str, Any] = {"model": "7net-0", "structures": [structure], **fields}
+    return ConfigDict(json_schema_extra={"examples": [example]})
+
+
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "7net-0",
-                    "structures": [
-                        {
-                            "symbols": ["Si", "Si"],
-                            "positions": [[0, 0, 0], [1.3575, 1.3575, 1.3575]],
-                            "cell": [[0, 2.715, 2.715], [2.715, 0, 2.715], [2.715, 2.715, 0]],
-                            "pbc": [True, True, True],
-                        }
-                    ],
-                    "properties": ["energy", "forces", "stress"],
-                }
-            ]
-        }
+    model_config = _example(
+        [[0, 0, 0], [1.3575, 1.3575, 1.3575]],
+        [[0, 2.715, 2.715], [2.715, 0, 2.715], [2.715, 2.715, 0]],
+        properties=["energy", "forces", "stress"],
     )
 
     model: str | None = Field(
@@ -88,21 +82,32 @@ class PredictRequest(BaseModel):
     properties: list[Property] = Field(["energy", "forces", "stress"], description="What to compute.")
 
 
-class RelaxSettings(BaseModel):
-    """How to relax: FIRE on atoms and, by default, the cell (ASE's FrechetCellFilter); matbench-discovery defaults."""
-
-    optimizer: Literal["fire"] = Field("fire", description="FIRE with ASE's update rule and defaults.")
-    fmax: float = Field(0.05, gt=0, description="Converged when every generalised force (atoms, cell) is below, eV/Å.")
-    max_steps: int = Field(500, ge=0, le=100_000, description="Optimizer steps before giving up.")
-    relax_cell: bool = Field(
-        True, description="Relax the cell too (structures periodic in all three directions); false keeps it fixed."
-    )
-    hydrostatic_strain: bool = Field(False, description="Only let the cell scale uniformly (shape kept).")
-    scalar_pressure: float = Field(0.0, description="Applied pressure, eV/Å³ (1 GPa = 0.006241509 eV/Å³).")
-    trajectory_every: int = Field(0, ge=0, description="Return a frame every this many steps; 0: none.")
-
+class _RelaxOptionsModel(BaseModel):
     def options(self) -> RelaxOptions:
-        return RelaxOptions(**self.model_dump(include=set(RelaxSettings.model_fields)))
+        """The options as the engine takes them."""
+        return RelaxOptions(**self.model_dump(include={f.name for f in dataclasses.fields(RelaxOptions)}))
+
+
+def _relax_fields() -> dict[str, Any]:
+    """Each field of :class:`RelaxOptions` with its type, constraints, description and default."""
+    hints = get_type_hints(RelaxOptions, vars(protocol), include_extras=True)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(RelaxOptions)}
+
+
+if TYPE_CHECKING:  # the fields are made at run time; type checkers see the base and its options()
+
+    class RelaxSettings(_RelaxOptionsModel):
+        pass
+
+else:
+    #: How to relax (the fields of :class:`RelaxOptions`, declared there once); matbench-discovery defaults.
+    RelaxSettings = create_model(
+        "RelaxSettings",
+        __base__=_RelaxOptionsModel,
+        __doc__="How to relax: FIRE on atoms and, by default, the cell (ASE's FrechetCellFilter); "
+        "matbench-discovery defaults.",
+        **_relax_fields(),
+    )
 
 
 FixedAtoms = Field(
@@ -113,24 +118,7 @@ FixedAtoms = Field(
 
 
 class RelaxRequest(RelaxSettings):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "7net-0",
-                    "structures": [
-                        {
-                            "symbols": ["Si", "Si"],
-                            "positions": [[0, 0, 0], [1.40, 1.30, 1.35]],
-                            "cell": [[0, 2.8, 2.8], [2.8, 0, 2.8], [2.8, 2.8, 0]],
-                            "pbc": [True, True, True],
-                        }
-                    ],
-                    "fmax": 0.05,
-                }
-            ]
-        }
-    )
+    model_config = _example([[0, 0, 0], [1.40, 1.30, 1.35]], [[0, 2.8, 2.8], [2.8, 0, 2.8], [2.8, 2.8, 0]], fmax=0.05)
 
     model: str | None = Field(None, description="Model name; default: the server's first served model.")
     structures: StructureList = Field(description=STRUCTURE_FORMS_DOC)
@@ -209,3 +197,7 @@ class ErrorResponse(BaseModel):
     """Body of every 4xx/5xx answer."""
 
     error: ErrorDetail
+
+
+#: The error answers a route may give, for the OpenAPI document.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}

@@ -8,10 +8,12 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ..models.potential import Prediction
-from ..models.system import AtomicSystem
-from .relaxation import Frame, RelaxOptions, RelaxOutcome, RelaxSpec
-from .tasks import Task, TaskResult
+from ....errors import ErrorCode
+from ....models.prediction import Prediction
+from ....models.system import AtomicSystem
+from ...dynamics.options import RelaxOptions, RelaxSpec
+from ...dynamics.relaxation import Frame, RelaxOutcome
+from ...engine.tasks import Task, TaskResult
 
 
 def encode_task(task: Task, reply_to: str) -> bytes:
@@ -60,7 +62,7 @@ def decode_result(message: bytes) -> TaskResult:
     if "e" in data:
         result.prediction = Prediction(energy=data["e"], forces=_array(data["f"], 3), stress=_array(data["s"], 3))
     else:
-        result.error_code, result.error_message = data["code"], data["msg"]
+        result.error_code, result.error_message = ErrorCode(data["code"]), data["msg"]
     if (relaxed := data.get("relaxed")) is not None:
         trajectory = [Frame(step, energy, _array(p, 3), _array(c, 3)) for step, energy, p, c in relaxed["traj"]]
         result.relaxation = RelaxOutcome(

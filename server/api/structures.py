@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from ..models.system import AtomicSystem
+from ...errors import ErrorCode
+from ...models.system import AtomicSystem
 from .errors import StructureError
 
 #: request format name -> ase.io format name
@@ -25,7 +26,7 @@ MAX_ATOMIC_NUMBER = len(chemical_symbols) - 1
 def decode_structure(index: int, data: Any) -> AtomicSystem:
     """Decode structure ``index`` of a request, raising :class:`StructureError` for anything malformed."""
     if not isinstance(data, dict):
-        raise StructureError(index, "malformed_structure", f"expected a JSON object, got {type(data).__name__}")
+        raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, f"expected a JSON object, got {type(data).__name__}")
     if "format" in data or "text" in data:
         return _from_text(index, data)
     if "sites" in data:
@@ -34,7 +35,7 @@ def decode_structure(index: int, data: Any) -> AtomicSystem:
         return _from_arrays(index, data)
     raise StructureError(
         index,
-        "malformed_structure",
+        ErrorCode.MALFORMED_STRUCTURE,
         "expected 'numbers' or 'symbols' with 'positions', a pymatgen as_dict() with 'sites', "
         f"or 'format' with 'text'; got keys {sorted(data)}",
     )
@@ -42,7 +43,7 @@ def decode_structure(index: int, data: Any) -> AtomicSystem:
 
 def _from_arrays(index: int, data: dict[str, Any]) -> AtomicSystem:
     if ("numbers" in data) == ("symbols" in data):
-        raise StructureError(index, "malformed_structure", "give exactly one of 'numbers' and 'symbols'")
+        raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, "give exactly one of 'numbers' and 'symbols'")
     numbers = _numbers_from_symbols(index, data["symbols"]) if "symbols" in data else _numbers(index, data["numbers"])
     positions = _float_array(index, "positions", data["positions"], (len(numbers), 3))
     cell = data.get("cell")
@@ -53,7 +54,9 @@ def _from_arrays(index: int, data: dict[str, Any]) -> AtomicSystem:
     else:
         pbc = np.asarray(pbc)
         if pbc.shape not in ((), (3,)) or pbc.dtype != bool:
-            raise StructureError(index, "malformed_structure", "'pbc' must be a boolean or a list of 3 booleans")
+            raise StructureError(
+                index, ErrorCode.MALFORMED_STRUCTURE, "'pbc' must be a boolean or a list of 3 booleans"
+            )
     return AtomicSystem.from_arrays(numbers, positions, cell, pbc)
 
 
@@ -63,19 +66,19 @@ def _numbers(index: int, values: Any) -> np.ndarray:
         if numbers.ndim != 1 or not (numbers.size == 0 or np.issubdtype(numbers.dtype, np.integer)):
             raise ValueError
     except (ValueError, TypeError):
-        raise StructureError(index, "malformed_structure", "'numbers' must be a list of integers") from None
+        raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, "'numbers' must be a list of integers") from None
     bad = numbers[(numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)]
     if bad.size:
-        raise StructureError(index, "unknown_element", f"atomic number {int(bad[0])} is not an element")
+        raise StructureError(index, ErrorCode.UNKNOWN_ELEMENT, f"atomic number {int(bad[0])} is not an element")
     return numbers.astype(np.int64)
 
 
 def _numbers_from_symbols(index: int, symbols: Any) -> np.ndarray:
     if not isinstance(symbols, list) or not all(isinstance(symbol, str) for symbol in symbols):
-        raise StructureError(index, "malformed_structure", "'symbols' must be a list of element symbols")
+        raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, "'symbols' must be a list of element symbols")
     unknown = sorted({symbol for symbol in symbols if symbol not in atomic_numbers or symbol == "X"})
     if unknown:
-        raise StructureError(index, "unknown_element", f"unknown element symbol(s) {', '.join(unknown)}")
+        raise StructureError(index, ErrorCode.UNKNOWN_ELEMENT, f"unknown element symbol(s) {', '.join(unknown)}")
     return np.array([atomic_numbers[symbol] for symbol in symbols], dtype=np.int64)
 
 
@@ -83,10 +86,12 @@ def _float_array(index: int, name: str, values: Any, shape: tuple[int, int]) -> 
     try:
         array = np.asarray(values, dtype=np.float64)
     except (ValueError, TypeError):
-        raise StructureError(index, "malformed_structure", f"'{name}' must be numbers of shape {shape}") from None
+        raise StructureError(
+            index, ErrorCode.MALFORMED_STRUCTURE, f"'{name}' must be numbers of shape {shape}"
+        ) from None
     if array.shape != shape and not (array.size == 0 and shape[0] == 0):
         raise StructureError(
-            index, "malformed_structure", f"'{name}' has shape {list(array.shape)}, expected {list(shape)}"
+            index, ErrorCode.MALFORMED_STRUCTURE, f"'{name}' has shape {list(array.shape)}, expected {list(shape)}"
         )
     return array.reshape(shape)
 
@@ -96,7 +101,9 @@ def _cell(index: int, values: Any) -> np.ndarray:
     if cell is not None and cell.shape == (3,):
         cell = np.diag(cell)
     if cell is None or cell.shape != (3, 3):
-        raise StructureError(index, "malformed_structure", "'cell' must be a 3×3 matrix (rows are lattice vectors)")
+        raise StructureError(
+            index, ErrorCode.MALFORMED_STRUCTURE, "'cell' must be a 3×3 matrix (rows are lattice vectors)"
+        )
     return cell
 
 
@@ -117,34 +124,64 @@ def _from_pymatgen(index: int, data: dict[str, Any]) -> AtomicSystem:
             warnings.simplefilter("ignore")
             obj = Structure.from_dict(data) if periodic else Molecule.from_dict(data)
     except Exception as error:  # pymatgen raises many types for bad dicts
-        raise StructureError(index, "malformed_structure", f"not a valid pymatgen as_dict(): {error}") from None
+        raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, f"not a valid pymatgen as_dict(): {error}") from None
     if not obj.is_ordered:
-        raise StructureError(index, "malformed_structure", "partial occupancies are not supported")
+        raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, "partial occupancies are not supported")
     numbers = np.array([site.specie.Z for site in obj], dtype=np.int64)
-    if periodic:
+    if isinstance(obj, Structure):
         return AtomicSystem.from_arrays(numbers, obj.cart_coords, obj.lattice.matrix, [True, True, True])
     return AtomicSystem.from_arrays(numbers, obj.cart_coords, None, [False, False, False])
 
 
 def _from_text(index: int, data: dict[str, Any]) -> AtomicSystem:
-    from ase.io import read
-
     name, text = data.get("format"), data.get("text")
     if name not in TEXT_FORMATS:
         raise StructureError(
-            index, "malformed_structure", f"unknown format {name!r}; use one of {', '.join(sorted(TEXT_FORMATS))}"
+            index,
+            ErrorCode.MALFORMED_STRUCTURE,
+            f"unknown format {name!r}; use one of {', '.join(sorted(TEXT_FORMATS))}",
         )
     if not isinstance(text, str) or not text.strip():
-        raise StructureError(index, "malformed_structure", "'text' must be a non-empty string")
+        raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, "'text' must be a non-empty string")
+    try:
+        frames = read_frames(text, name)
+    except ValueError as error:
+        raise StructureError(index, ErrorCode.UNPARSABLE_TEXT, f"could not read the {name} text: {error}") from None
+    if len(frames) != 1:
+        raise StructureError(
+            index, ErrorCode.UNPARSABLE_TEXT, f"the {name} text holds {len(frames)} structures; send one per entry"
+        )
+    return AtomicSystem.from_ase(frames[0])
+
+
+def read_frames(text: str, name: str) -> list[Any]:
+    """Every structure in ``text`` (a file in format ``name``, see :data:`TEXT_FORMATS`) as ase.Atoms.
+
+    ase's readers raise many kinds of errors on bad text; every one becomes a ValueError saying what went wrong.
+    """
+    from ase.io import read
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frames = read(io.StringIO(text), index=":", format=TEXT_FORMATS[name])
-    except Exception as error:  # ase's readers raise many types on bad text
-        reason = str(error) or f"{type(error).__name__} in ase's {TEXT_FORMATS[name]} reader"
-        raise StructureError(index, "unparsable_text", f"could not read the {name} text: {reason}") from None
-    if len(frames) != 1:
-        raise StructureError(
-            index, "unparsable_text", f"the {name} text holds {len(frames)} structures; send one per entry"
-        )
-    return AtomicSystem.from_ase(frames[0])
+    except Exception as error:
+        raise ValueError(str(error) or f"{type(error).__name__} in ase's {TEXT_FORMATS[name]} reader") from None
+    return frames if isinstance(frames, list) else [frames]
+
+
+def extxyz_first_frame_problem(text: str) -> str | None:
+    """Why ``text`` cannot be extxyz, judged from its first frame only (cheap); None when the first frame reads."""
+    lines = text.split("\n", 1)
+    try:
+        n_atoms = int(lines[0].strip())
+        if n_atoms < 0:
+            raise ValueError
+    except ValueError:
+        return f"the first line must be the number of atoms of the first frame, got {lines[0].strip()[:80]!r}"
+    head = "\n".join(text.split("\n", n_atoms + 2)[: n_atoms + 2])
+    try:
+        frames = read_frames(head, "extxyz")
+    except ValueError as error:
+        return f"the first frame: {error}"
+    return None if len(frames) == 1 else "the first frame could not be read"

@@ -1,0 +1,52 @@
+"""What the routes share: settings, the registry, the broker, the directory of served models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ErrorCode
+from ...models.cards import ModelCard
+from ...models.registry import DEFAULT_MODEL, ModelRegistry, UnknownModel
+from ..config import ServerSettings
+from ..transport.base import Broker, ModelDirectory, ModelState, ModelStatus
+from .errors import RequestError
+from .ingest import check_structure_count
+
+
+@dataclass
+class AppState:
+    settings: ServerSettings
+    registry: ModelRegistry
+    broker: Broker
+    directory: ModelDirectory
+
+    @property
+    def default_model(self) -> str:
+        """The model of a request that names none: the first one configured."""
+        return self.settings.models[0] if self.settings.models else DEFAULT_MODEL
+
+    async def serving_card(self, name: str | None) -> tuple[ModelCard, ModelStatus]:
+        """The card of a model that can take requests now, or a RequestError saying why it cannot."""
+        name = name or self.default_model
+        try:
+            card = self.registry.card(name)
+        except UnknownModel as error:
+            raise RequestError(404, ErrorCode.UNKNOWN_MODEL, str(error)) from None
+        status = await self.directory.status(card.name)
+        if status is None:
+            raise RequestError(
+                404,
+                ErrorCode.MODEL_NOT_SERVED,
+                f"model {name!r} is registered but not served here; start the server (or a worker) with --model {name}",
+            )
+        if status.state is ModelState.LOADING:
+            raise RequestError(503, ErrorCode.MODEL_LOADING, f"model {name!r} is still loading", retry_after=2.0)
+        if status.state is ModelState.NO_WORKERS:
+            raise RequestError(503, ErrorCode.NO_WORKERS, f"no live worker serves model {name!r}", retry_after=5.0)
+        if status.state is ModelState.FAILED:
+            raise RequestError(503, ErrorCode.MODEL_UNAVAILABLE, f"model {name!r} is unavailable: {status.error}")
+        return card, status
+
+    def check_request_size(self, n_structures: int) -> None:
+        limit = self.settings.max_structures_per_request
+        check_structure_count(n_structures, limit, "request", "the Python client splits for you")

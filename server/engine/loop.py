@@ -1,0 +1,67 @@
+"""The worker loop: schedule → execute → update, then deliver what finished.
+
+One :class:`Worker` serves one model from one task source (the embedded in-process queue or a Redis stream).
+Each round the :class:`~.scheduler.Scheduler` says what to evaluate (new predictions and the current geometry of
+every relaxation in flight), the :class:`~.executor.Executor` runs the potential on it, and the scheduler turns
+the outputs into finished results, which go back through the source.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ...errors import ErrorCode
+from ...models.potential import Potential
+from .batching import AtomBudgetBatcher, BatchPolicy, TaskSource
+from .executor import Executor
+from .scheduler import Scheduler
+from .tasks import TaskResult
+
+
+class Worker:
+    """Evaluates batches of tasks from ``source`` with one :class:`Potential`; relaxes structures in flight."""
+
+    def __init__(self, potential: Potential, source: TaskSource, policy: BatchPolicy | None = None):
+        self.source = source
+        self.executor = Executor(potential)
+        batcher = AtomBudgetBatcher(source, (policy or BatchPolicy()).for_device(potential.device.type))
+        self.scheduler = Scheduler(batcher, self.executor.rejects)
+        self.batches_run = 0
+        self.structures_run = 0
+
+    @property
+    def info(self) -> dict[str, str]:
+        """The potential's dtype and device, reported with every result."""
+        return self.executor.info
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve rounds until ``stop`` is set."""
+        while not stop.is_set():
+            self.step()
+
+    def step(self) -> int:
+        """Run one round and deliver what it finished; return how many structures it evaluated.
+
+        Waits a little for tasks only when nothing is being relaxed; otherwise takes what is queued and goes on.
+        """
+        work = self.scheduler.schedule()
+        if work is None:
+            return 0
+        outputs = self.executor.execute(work.evaluations)
+        self._deliver(self.scheduler.update(work, outputs))
+        self.batches_run += 1
+        self.structures_run += len(work.evaluations)
+        return len(work.evaluations)
+
+    def fail_pending(self, message: str) -> None:
+        """Answer every task this worker holds or could fetch with an error, so no request waits forever."""
+        pending = self.scheduler.drain()
+        while batch := self.source.fetch(self.scheduler.batcher.policy.max_structures, 0.0):
+            pending.extend(task.id for task in batch)
+        self._deliver([TaskResult.failure(key, ErrorCode.WORKER_FAILED, message) for key in pending])
+
+    def _deliver(self, results: list[TaskResult]) -> None:
+        for result in results:
+            result.worker = self.info
+        if results:
+            self.source.deliver(results)

@@ -1,0 +1,52 @@
+"""What travels between the front end and the workers: tasks in, results out.
+
+Nothing here knows HTTP (the front end renders results, ``server/api/render.py``) or torch (the front end builds
+tasks without loading a model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ErrorCode
+from ...models.prediction import Prediction
+from ...models.system import AtomicSystem
+from ..dynamics.options import RelaxSpec
+from ..dynamics.relaxation import RelaxOutcome
+
+
+@dataclass
+class Task:
+    """One structure to evaluate (or, with ``relax``, to relax) with one model."""
+
+    id: str
+    model: str
+    system: AtomicSystem
+    properties: tuple[str, ...]
+    relax: RelaxSpec | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        return self.system.n_atoms
+
+
+@dataclass
+class TaskResult:
+    """The outcome of a task: a prediction, or an error with a code and message."""
+
+    task_id: str
+    prediction: Prediction | None = None
+    error_code: ErrorCode | None = None
+    error_message: str | None = None
+    #: Where it ran: ``{"dtype": ..., "device": ...}`` of the worker's potential.
+    worker: dict[str, str] | None = None
+    #: For a relaxation: how it ended; ``prediction`` is then the one at the final geometry.
+    relaxation: RelaxOutcome | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.prediction is not None
+
+    @classmethod
+    def failure(cls, task_id: str, code: ErrorCode, message: str) -> TaskResult:
+        return cls(task_id=task_id, error_code=code, error_message=message)

@@ -1,0 +1,176 @@
+"""Embedded mode: in-process queues, and worker threads in this process that load and serve the models.
+
+Results reach the waiting request through asyncio futures, without polling. A task whose request went away
+(timed out, cancelled, client gone) before a worker took it is dropped from the queue instead of evaluated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ...errors import ErrorCode
+from ...models.loading import load_model
+from ...models.potential import Potential
+from ...models.registry import ModelRegistry
+from ..engine.batching import BatchPolicy
+from ..engine.loop import Worker
+from ..engine.tasks import Task, TaskResult
+from ..engine.tuning import tune_process
+from .base import Broker, ModelState, ModelStatus, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedTaskSource:
+    """One model's in-process queue, as seen by its worker thread (a :class:`~..engine.batching.TaskSource`)."""
+
+    def __init__(self, broker: EmbeddedBroker, model: str):
+        self.broker = broker
+        self.model = model
+        self.queue: queue.Queue[Task] = queue.Queue()
+
+    def fetch(self, max_tasks: int, timeout: float) -> list[Task]:
+        try:
+            tasks = [self.queue.get(timeout=max(timeout, 0.0))]
+        except queue.Empty:
+            return []
+        while len(tasks) < max_tasks:
+            try:
+                tasks.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        self.broker._dequeued(len(tasks))
+        return [task for task in tasks if self.broker.waiting_for(task.id)]
+
+    def deliver(self, results: list[TaskResult]) -> None:
+        self.broker._deliver(results)
+
+
+class EmbeddedBroker(Broker):
+    """In-process queues, one per model, with a limit on the structures queued over all of them."""
+
+    def __init__(self, queue_limit: int = 100_000, timeout: float = 3600.0):
+        super().__init__(timeout)
+        self.queue_limit = queue_limit
+        self._sources: dict[str, EmbeddedTaskSource] = {}
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def source(self, model: str) -> EmbeddedTaskSource:
+        """The queue of ``model``, created on first use; a worker thread reads from it."""
+        with self._lock:
+            if model not in self._sources:
+                self._sources[model] = EmbeddedTaskSource(self, model)
+            return self._sources[model]
+
+    async def _enqueue(self, tasks: Sequence[Task]) -> None:
+        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._queued + len(tasks) > self.queue_limit:
+                message = f"the queue holds {self._queued} structures, at its limit"
+                raise Unavailable(ErrorCode.QUEUE_FULL, message, retry_after=1.0)
+            self._queued += len(tasks)
+        for task in tasks:
+            self.source(task.model).queue.put(task)
+
+    def _dequeued(self, count: int) -> None:
+        with self._lock:
+            self._queued -= count
+
+    def _deliver(self, results: list[TaskResult]) -> None:
+        """Called from worker threads: resolve the waiting requests on the event loop."""
+        if self._loop is not None:
+            for result in results:
+                self._loop.call_soon_threadsafe(self._resolve, result)
+
+
+@dataclass
+class HostedModel:
+    name: str
+    state: ModelState = ModelState.LOADING
+    potential: Potential | None = None
+    error: str | None = None
+    worker: Worker | None = None
+
+
+class EmbeddedModelHost:
+    """Loads models in a background thread, then runs one worker thread per model on the embedded broker.
+
+    It is the embedded mode's :class:`~.base.ModelDirectory`.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        broker: EmbeddedBroker,
+        models: tuple[str, ...],
+        device: str,
+        policy: BatchPolicy,
+        torch_threads: int | None = None,
+    ):
+        self.registry = registry
+        self.broker = broker
+        self.device = device
+        self.policy = policy
+        self.torch_threads = torch_threads
+        self.models = {name: HostedModel(name) for name in models}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        loader = threading.Thread(target=self._load_all, name="mlipserve-loader", daemon=True)
+        loader.start()
+        self._threads.append(loader)
+
+    def _load_all(self) -> None:
+        tune_process(self.torch_threads)
+        for hosted in self.models.values():
+            if self._stop.is_set():
+                return
+            try:
+                hosted.potential = load_model(
+                    self.registry, hosted.name, None if self.device == "auto" else self.device
+                )
+            except Exception as error:
+                hosted.state, hosted.error = ModelState.FAILED, f"{type(error).__name__}: {error}"
+                log.error("could not load %s: %s", hosted.name, hosted.error)
+                continue
+            hosted.worker = Worker(hosted.potential, self.broker.source(hosted.name), self.policy)
+            thread = threading.Thread(
+                target=self._serve, args=(hosted,), name=f"mlipserve-worker-{hosted.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+            hosted.state = ModelState.READY
+
+    def _serve(self, hosted: HostedModel) -> None:
+        tune_process(self.torch_threads)
+        assert hosted.worker is not None
+        try:
+            hosted.worker.run(self._stop)
+        except BaseException as error:  # the loop itself catches model errors; this is a bug
+            hosted.state, hosted.error = ModelState.FAILED, f"worker stopped: {error!r}"
+            log.exception("worker for %s stopped", hosted.name)
+            hosted.worker.fail_pending(hosted.error)
+            raise
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    async def status(self, name: str) -> ModelStatus | None:
+        hosted = self.models.get(name)
+        if hosted is None:
+            return None
+        workers = [hosted.worker.info] if hosted.worker else []
+        return ModelStatus(state=hosted.state, error=hosted.error, workers=workers)
+
+    async def statuses(self) -> dict[str, ModelStatus]:
+        return {name: status for name in self.models if (status := await self.status(name))}

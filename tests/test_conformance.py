@@ -1,0 +1,179 @@
+"""Conformance: every model family keeps the Potential contract, checked by the same code for all of them.
+
+What passing guarantees, for a model of each family loaded as a server loads it (``load_model(ModelRegistry(model_dir),
+name, "cpu")``) and evaluated through ``Potential.predict`` on small structures built here (rattled, strained,
+triclinic periodic cells of 2-8 atoms, one described by a left-handed cell, and a molecule or cluster):
+
+* outputs: the model's dtype is its family's; energy a finite Python float; forces a finite (n, 3) float64 array;
+  stress a finite (3, 3) float64 array for a periodic system and None for a molecule; an energy-only request
+  answers the same energy and nothing else;
+* a batch of all the structures equals each structure evaluated alone;
+* translation invariance (atoms moved out of the cell, unwrapped) of energy, forces and stress, with forces that
+  sum to zero; rotation invariance of the energy and equivariance of forces (F Rᵀ) and stress (R σ Rᵀ);
+* forces = −∂E/∂x and stress = (1/V) ∂E/∂ε (ASE's sign, tensile positive) by central finite differences of the
+  energy alone, on forces and stresses large enough that a sign error, a missing factor or a wrong unit fails.
+
+Tolerances follow the family's dtype (``tests/conformance_cases.py``, :data:`TOLERANCES`): float32 families
+(SevenNet, CHGNet, NequIP, MACE) and float64 ones (MTP, ACE). The checks themselves live in
+``tests/conformance_cases.py``, which needs no pytest, so that MACE runs the very same checks inside its own
+environment (``.venv-mace``), where this process cannot import mace; its results come back as JSON.
+
+Adding a family: register it in ``mlipserve.models.registry.FAMILIES`` (``test_every_family_has_a_case`` fails
+until the rest is done), give it structures of its elements in ``conformance_cases.STRUCTURES`` and its dtype and
+stress support in ``conformance_cases.TRAITS``, and add a :class:`Case` to :data:`CASES` below that installs a
+small model of the family into the model directory (card and checkpoint) and names it. A family that runs only in
+its own environment gets ``environment`` set, and a fixture like :func:`mace_results` that runs
+``conformance_cases.py`` there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlipserve.models.loading import load_model
+from mlipserve.models.potential import Potential
+from mlipserve.models.registry import FAMILIES, ModelRegistry
+
+from . import conformance_cases as conformance
+from .conftest import FIXTURES, REPO, torch_threads, write_card
+
+MACE_PYTHON = REPO / ".venv-mace" / "bin" / "python"
+MACE_INSTALLED = REPO / ".venv-mace" / ".installed"  # written by `make env-mace` once the environment is complete
+HELPERS = Path(__file__).resolve().parent
+
+
+def install_mtp(model_dir: Path) -> str:
+    from mlipserve.models.backends.mtp_format import read_mtp
+
+    path = FIXTURES / "mtp" / "asemtp_FeCoNiCrAl_5species" / "pot.mtp"
+    elements = "Fe Co Ni Cr Al"  # MTP species 0..4, as the file's README maps them
+    write_card(model_dir, "conformance-mtp", path, family="mtp", elements=elements, cutoff=read_mtp(path).max_dist)
+    return "conformance-mtp"
+
+
+def install_ace(model_dir: Path) -> str:
+    from mlipserve.models.backends.ace_format import read_potential
+
+    path = HELPERS / "data" / "ace" / "HfO_chebexpcos.yace"
+    model = read_potential(path)
+    elements = " ".join(model.elements)
+    write_card(model_dir, "conformance-ace", path, family="ace", elements=elements, cutoff=model.cutoff)
+    return "conformance-ace"
+
+
+def install_nequip(model_dir: Path) -> str:
+    path = FIXTURES / "nequip" / "nequip-lr_LiCl_nequip0.5.6" / "deployed.pth"
+    write_card(model_dir, "conformance-nequip", path, family="nequip", elements="Li Cl", cutoff=4.0)
+    return "conformance-nequip"
+
+
+def install_mace(model_dir: Path) -> str:
+    """A small random ScaleShiftMACE saved by mace-torch in its environment, served in float32 (the default)."""
+    path = model_dir / "conformance-mace.model"
+    elements = "H O Si Cu"
+    command = [str(MACE_PYTHON), str(HELPERS / "mace_env_helper.py"), "build", str(path), "--elements"]
+    result = subprocess.run([*command, *elements.split()], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    write_card(model_dir, "conformance-mace", path, family="mace", elements=elements, cutoff=4.5)
+    return "conformance-mace"
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to get a model of one family: ``install`` puts its card (and checkpoint) into the model directory and
+    returns the model's name; ``environment`` names the virtualenv it must run in when not this one."""
+
+    install: Callable[[Path], str]
+    environment: str | None = None
+
+
+CASES: dict[str, Case] = {
+    "sevennet": Case(lambda _: "7net-0"),  # weights in the sevenn wheel
+    "chgnet": Case(lambda _: "chgnet-0.3.0"),  # weights in the chgnet wheel
+    "mtp": Case(install_mtp),
+    "ace": Case(install_ace),
+    "nequip": Case(install_nequip),
+    "mace": Case(install_mace, environment="mace"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine it is the fastest."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def conformance_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("conformance-models")
+
+
+@pytest.fixture(scope="module")
+def potentials(conformance_dir: Path) -> Callable[[str], Potential]:
+    """Each family's model, installed and loaded through the registry on first use, then kept for the module."""
+    loaded: dict[str, Potential] = {}
+
+    def get(family: str) -> Potential:
+        if family not in loaded:
+            name = CASES[family].install(conformance_dir)
+            loaded[family] = load_model(ModelRegistry(conformance_dir), name, "cpu")
+        return loaded[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def mace_results(conformance_dir: Path) -> dict[str, dict]:
+    """Every check run by ``conformance_cases.py`` in ``.venv-mace`` on the small MACE model, once."""
+    if not (MACE_PYTHON.exists() and MACE_INSTALLED.exists()):
+        message = "the MACE environment .venv-mace is missing or not finished: create it with `make env-mace`"
+        if os.environ.get("CI"):
+            raise RuntimeError(message)
+        pytest.skip(message)
+    name = install_mace(conformance_dir)
+    out = conformance_dir / "mace-conformance.json"
+    command = [str(MACE_PYTHON), str(HELPERS / "conformance_cases.py"), "--family", "mace", "--out", str(out)]
+    command += ["--model-dir", str(conformance_dir), "--model", name]
+    environment = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def run_check(family: str, check: str, request: pytest.FixtureRequest) -> None:
+    """Run one of ``conformance_cases.CHECKS`` on ``family``'s model, here or in the family's own environment."""
+    if CASES[family].environment == "mace":
+        result = request.getfixturevalue("mace_results")[check]
+        assert result["ok"], f"in .venv-mace: {result['message']}"
+        print(f"{family} {check}: {result['measured']}")
+        return
+    potential = request.getfixturevalue("potentials")(family)
+    measured = conformance.CHECKS[check](potential, conformance.STRUCTURES[family](), conformance.TRAITS[family])
+    print(f"{family} {check}: {measured}")
+
+
+@pytest.mark.parametrize("check", conformance.CHECKS)
+@pytest.mark.parametrize("family", CASES)
+def test_conformance(family: str, check: str, request: pytest.FixtureRequest) -> None:
+    """One check of ``conformance_cases.CHECKS`` (outputs, batch, translation, rotation, forces_gradient,
+    stress_strain_derivative) on one family's model."""
+    run_check(family, check, request)
+
+
+def test_every_family_has_a_case() -> None:
+    """A family added to the registry must add a conformance case (and every case is a registered family)."""
+    missing = sorted(set(FAMILIES) - set(CASES))
+    assert not missing, f"model families without a conformance case in tests/test_conformance.py: {missing}"
+    assert set(CASES) <= set(FAMILIES), f"conformance cases of unknown families: {sorted(set(CASES) - set(FAMILIES))}"
+    for table in ("STRUCTURES", "TRAITS"):
+        lacking = sorted(set(CASES) - set(getattr(conformance, table)))
+        assert not lacking, f"families without an entry in conformance_cases.{table}: {lacking}"
+    tested = {name.removeprefix("check_") for name in dir(conformance) if name.startswith("check_")}
+    assert tested == set(conformance.CHECKS), "every check_* function of conformance_cases must be in CHECKS"
