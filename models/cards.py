@@ -13,8 +13,8 @@ directory (MACE's foundation models). Where the authors publish no sha256 for su
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +124,7 @@ class ModelCard:
             if not self.builtin:
                 raise CardError(f"{self.name}: only built-in cards may load from an installed package")
             package, _, relative = self.checkpoint[len(PACKAGE_SCHEME) :].partition("/")
-            try:
-                return Path(str(resources.files(package).joinpath(relative)))
-            except ModuleNotFoundError as error:
-                raise CardError(f"{self.name}: package {package!r} is not installed") from error
+            return _package_folder(self.name, package) / relative
         if self.root is None:
             raise CardError(f"{self.name}: a built-in card needs a {PACKAGE_SCHEME} checkpoint")
         root = self.root.resolve()
@@ -183,6 +180,15 @@ class ModelCard:
             "source_url": self.source_url,
             "installed": self.is_installed(),
         }
+
+
+def _package_folder(model: str, package: str) -> Path:
+    """The folder of an installed top-level package, found without importing it (sevenn and chgnet import torch,
+    which the HTTP front end never loads just to say whether a checkpoint is installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CardError(f"{model}: package {package!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -14,7 +14,11 @@ import sys
 from mlipserve.server.app import create_app
 from mlipserve.server.config import ServerSettings
 from mlipserve.server.cli import build_parser
-app = create_app(ServerSettings(redis_url="redis://127.0.0.1:1/0", models=("7net-0",)))
+settings = ServerSettings(redis_url="redis://127.0.0.1:1/0", models=("7net-0",))
+app = create_app(settings)
+state = app.state.mlipserve
+summaries = [card.summary() for card in state.registry.cards()]  # what GET /v1/models serves
+assert any(summary["installed"] for summary in summaries)
 loaded = sorted(name for name in sys.modules if name == "torch" or name.startswith("mlipserve.models.backends"))
 print(",".join(loaded))
 """
