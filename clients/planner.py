@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from ..errors import ErrorCode
 from ..protocol import ALL_PROPERTIES, Property, RelaxOptions
 from ..protocol import FINAL_JOB_STATES as FINAL_STATES
 from . import relaxing
@@ -216,9 +217,16 @@ class Planner:
         return reply.status == 200
 
     def wait_until_ready(self, timeout: float = 300.0, interval: float = 0.5) -> Plan[None]:
-        """Wait until ``/readyz`` answers 200, or raise :class:`RequestFailed` after ``timeout`` seconds."""
+        """Wait until ``/readyz`` answers 200; raise :class:`RequestFailed` at once when a model failed to load,
+        or after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        while not (yield from self.ready()):
+        while True:
+            reply: Reply = yield Send(self._call("GET", "/readyz"))
+            if reply.status == 200:
+                return
+            failed = _failed_models(reply)
+            if failed:
+                raise RequestFailed(reply.status, ErrorCode.MODEL_UNAVAILABLE, f"{self.settings.url}: {failed}")
             if time.monotonic() > deadline:
                 raise RequestFailed(None, "not_ready", f"{self.settings.url} was not ready after {timeout} s")
             yield Sleep(interval)
@@ -245,3 +253,15 @@ class Planner:
         payload = yield from request(self.settings, call)
         bar.update(len(chunk[1]))
         return payload
+
+
+def _failed_models(reply: Reply) -> str:
+    """The models a ``/readyz`` answer says failed to load, with why (empty when none did)."""
+    try:
+        models = reply.json().get("models") or {}
+    except (ValueError, AttributeError):
+        return ""
+    failed = [
+        f"model {name!r} failed to load: {m.get('error')}" for name, m in models.items() if m["state"] == "failed"
+    ]
+    return "; ".join(failed)

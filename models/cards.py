@@ -73,7 +73,7 @@ class ModelCard:
             family=str(data["family"]),
             version=str(data["version"]),
             checkpoint=str(data["checkpoint"]),
-            sha256="" if data["sha256"] is None else str(data["sha256"]).lower(),
+            sha256=_sha256(data["name"], data["sha256"]),
             license=str(data["license"]),
             elements=tuple(elements),
             cutoff=float(data["cutoff"]),
@@ -180,6 +180,21 @@ class ModelCard:
             "source_url": self.source_url,
             "installed": self.is_installed(),
         }
+
+
+def _sha256(model: str, value: Any) -> str:
+    """A card's sha256: 64 hex digits, or empty (a user-brought file whose hash the user pins beside it)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise CardError(
+            f"model card {model!r}: sha256 {value!r} is not text (YAML read it as {type(value).__name__}); "
+            'quote its 64 hex digits: sha256: "..."'
+        )
+    digest = value.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CardError(f"model card {model!r}: sha256 must be 64 hex digits, got {value!r}")
+    return digest
 
 
 def _package_folder(model: str, package: str) -> Path:

@@ -193,3 +193,12 @@ def test_predict_checks_every_system_before_the_batch() -> None:
         potential.predict([dimer, AtomicSystem.from_arrays([18], [[0, 0, 0]])])
     assert caught.value.code == ErrorCode.ISOLATED_ATOM
     assert potential.calls == 1  # neither rejected batch reached predict_batch
+
+
+def test_a_card_whose_hash_is_no_sha256_is_refused_when_read(tmp_path: Path) -> None:
+    """YAML reads an unquoted all-digit hash as a number: the card is refused at once, saying to quote it."""
+    write_card(tmp_path, "digits", FIXTURES / "sevennet" / "tests" / "cp_0.pth", sha256="0" * 64)
+    write_card(tmp_path, "short", FIXTURES / "sevennet" / "tests" / "cp_0.pth", sha256="abc")
+    problems = ModelRegistry(tmp_path).problems
+    assert "is not text (YAML read it as int); quote its 64 hex digits" in problems["digits"]
+    assert "sha256 must be 64 hex digits, got 'abc'" in problems["short"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from mlipserve.clients import Client, RequestFailed
 from mlipserve.server.config import ServerSettings
 
 from .conftest import FIXTURES, RunningServer, free_port, write_card
@@ -71,3 +73,16 @@ def test_a_request_for_an_unusable_card_says_why(server: str) -> None:
     error = response.json()["error"]
     assert error["code"] == "unknown_model"
     assert "'no-cutoff'" in error["message"] and "lacks cutoff" in error["message"]
+
+
+def test_waiting_for_a_server_whose_model_failed_to_load_ends_at_once(troubled_dir: Path) -> None:
+    """`mlipserve serve` refuses a bad checkpoint up front; a server built in code loads it and fails: the client
+    says so at once instead of waiting out its timeout."""
+    settings = ServerSettings(port=free_port(), models=("altered",), model_dir=troubled_dir, device="cpu")
+    with RunningServer(settings) as running, Client(running.url, progress=False) as client:
+        started = time.monotonic()
+        with pytest.raises(RequestFailed) as raised:
+            client.wait_until_ready(timeout=60)
+    assert time.monotonic() - started < 20
+    assert raised.value.code == "model_unavailable" and "'altered' failed to load" in raised.value.message
+    assert "has sha256" in raised.value.message
