@@ -1,5 +1,6 @@
 """The ``mlipserve`` command line: ``serve`` starts the HTTP server, ``worker`` serves a model from Redis,
-``models`` lists the registered models."""
+``models`` lists the registered models; ``predict``, ``relax`` and ``eval`` are clients of a running server, whose
+code lives in :mod:`mlipserve.clients`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..clients.cli import add_file_commands
 from ..models.cards import CardError
 from ..models.registry import DEFAULT_MODEL, DEFAULT_MODEL_DIR, ModelRegistry, UnknownModel
 from .config import RedisWorkerSettings, ServerSettings, StructureLimits
@@ -79,7 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list registered models and whether their files are installed")
     _add_model_dir(models)
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    serve.set_defaults(handler=serve_command)
+    worker.set_defaults(handler=worker_command)
+    models.set_defaults(handler=list_models)
+    add_file_commands(commands)
+    _add_eval_commands(commands)
     return parser
+
+
+def _add_eval_commands(commands: argparse._SubParsersAction) -> None:
+    """``mlipserve eval ...``, where that package is present."""
+    try:
+        from ..clients.eval.cli import add_eval_parser
+    except ModuleNotFoundError as error:
+        if error.name not in ("mlipserve.clients.eval", "mlipserve.clients.eval.cli"):
+            raise
+        return
+    add_eval_parser(commands)
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +124,7 @@ def _add_model_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def serve(args: argparse.Namespace) -> None:
+def serve_command(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
@@ -139,7 +158,7 @@ def serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
 
 
-def worker(args: argparse.Namespace) -> None:
+def worker_command(args: argparse.Namespace) -> None:
     from .transport.redis.worker import run_worker
 
     if not args.redis:
@@ -177,7 +196,8 @@ def list_models(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    {"serve": serve, "worker": worker, "models": list_models}[args.command](args)
+    if status := args.handler(args):  # the client commands return an exit status
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""``mlipserve predict`` and ``mlipserve relax``: structures from files, through a server, to extended XYZ.
+
+Exit status: 0 when results were written (structures that failed are named on stderr), 1 when nothing could be
+written (nothing readable, every structure failed, the server refused the request), 3 when the server could not
+be reached (argparse uses 2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..protocol import RelaxOptions
+from .client import Client
+from .errors import RequestFailed
+from .files import Frame, Problem, read_all, result_atoms, structure_error, write_extxyz
+from .options import DEFAULT_URL
+from .relaxing import RELAX_DIRECT_LIMIT
+from .results import Result
+
+EXIT_NOTHING_WRITTEN = 1
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+Send = Callable[[Client, list[Any], argparse.Namespace], Sequence[Result]]
+
+
+def add_file_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``predict`` and ``relax`` to the ``mlipserve`` command line."""
+    predict = commands.add_parser(
+        "predict",
+        help="energies, forces and stresses of structure files, written as extxyz",
+        description="Send every frame of the files to a server; write energy, forces and stress as extxyz.",
+    )
+    _add_common_options(predict)
+    predict.set_defaults(handler=predict_command)
+
+    relax = commands.add_parser(
+        "relax",
+        help="relax structure files on a server (FIRE + FrechetCellFilter), written as extxyz",
+        description="Relax every frame of the files on a server (matbench-discovery defaults); write the relaxed "
+        "structures with energy, forces, stress, steps, converged and stop_reason as extxyz.",
+    )
+    _add_common_options(relax)
+    _add_relax_options(relax)
+    relax.set_defaults(handler=relax_command)
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="structure files (any format ase reads) or folders")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.extxyz", help="extxyz file to write")
+    parser.add_argument("--model", default=None, help="model to use (default: the server's first)")
+    parser.add_argument("--server", default=DEFAULT_URL, metavar="URL", help="server (default %(default)s)")
+    parser.add_argument("--format", default=None, help="ase format of the input files (default: guessed per file)")
+    parser.add_argument(
+        "--job-above",
+        type=int,
+        default=RELAX_DIRECT_LIMIT,
+        metavar="N",
+        help="send more than N structures as one server-side job (default %(default)s; relax: also any set over 256)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
+
+
+def _add_relax_options(parser: argparse.ArgumentParser) -> None:
+    defaults = RelaxOptions()
+    parser.add_argument("--fmax", type=float, default=defaults.fmax, help="eV/Å (default %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="default %(default)s")
+    parser.add_argument("--no-relax-cell", action="store_true", help="keep the cell fixed")
+    parser.add_argument("--hydrostatic-strain", action="store_true", help="let the cell only scale uniformly")
+    parser.add_argument(
+        "--scalar-pressure",
+        type=float,
+        default=defaults.scalar_pressure,
+        help="eV/Å³; 1 GPa = 0.006241509 eV/Å³ (default %(default)s)",
+    )
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``mlipserve predict``: the exit status."""
+    return run(args, "predict", send_predict)
+
+
+def relax_command(args: argparse.Namespace) -> int:
+    """``mlipserve relax``: the exit status."""
+    return run(args, "relax", send_relax)
+
+
+def send_predict(client: Client, structures: list[Any], args: argparse.Namespace) -> Sequence[Result]:
+    """Single points; through a job (progress followed on the server) for large sets."""
+    if len(structures) > args.job_above:
+        return client.run_job(structures, errors="return")
+    return client.predict(structures, errors="return")  # type: ignore[return-value]  # a list given, a list back
+
+
+def send_relax(client: Client, structures: list[Any], args: argparse.Namespace) -> Sequence[Result]:
+    """Relaxations with the command's options; through a job for large sets."""
+    options = RelaxOptions(
+        fmax=args.fmax,
+        max_steps=args.max_steps,
+        relax_cell=not args.no_relax_cell,
+        hydrostatic_strain=args.hydrostatic_strain,
+        scalar_pressure=args.scalar_pressure,
+    )
+    if len(structures) > args.job_above:
+        return client.run_job(structures, relax=options, errors="return")
+    fields = {key: value for key, value in options.request().items() if key != "optimizer"}  # relax() has FIRE only
+    return client.relax(structures, errors="return", **fields)
+
+
+def run(args: argparse.Namespace, command: str, send: Send) -> int:
+    """Read the files, send their frames with ``send``, write what came back; the exit status."""
+    name = f"mlipserve {command}"
+    frames, problems = read_all(args.files, args.format)
+    report(name, problems)
+    if not frames:
+        return fail(name, "no structure could be read; nothing written", EXIT_NOTHING_WRITTEN)
+    if not reachable(args.server):
+        message = f"cannot reach the server at {args.server} (is `mlipserve serve` running?); nothing written"
+        return fail(name, message, EXIT_UNREACHABLE)
+    try:
+        with Client(args.server, model=args.model, progress=False if args.no_progress else None) as client:
+            results = send(client, [frame.atoms for frame in frames], args)
+    except RequestFailed as error:
+        unreachable = error.status is None
+        what = "lost the server" if unreachable else "the server refused the request"
+        return fail(
+            name, f"{what}: {error}; nothing written", EXIT_UNREACHABLE if unreachable else EXIT_NOTHING_WRITTEN
+        )
+    except KeyboardInterrupt:
+        return fail(name, "interrupted; nothing written", EXIT_INTERRUPTED)
+    written, failed = split(frames, results)
+    report(name, failed)
+    if not written:
+        return fail(name, f"all {len(frames)} structures failed; nothing written", EXIT_NOTHING_WRITTEN)
+    write_extxyz(args.output, written)
+    print(f"{name}: {summary(written, len(failed), args.output)}", file=sys.stderr)
+    return 0
+
+
+def split(frames: Sequence[Frame], results: Sequence[Result]) -> tuple[list[Any], list[Problem]]:
+    """The frames with their results attached, and the errors of those that failed."""
+    written, failed = [], []
+    for frame, result in zip(frames, results, strict=True):
+        if result.ok:
+            written.append(result_atoms(frame, result))
+        else:
+            failed.append(structure_error(frame, result))
+    return written, failed
+
+
+def summary(written: Sequence[Any], failed: int, output: str) -> str:
+    """One line: how many structures were written where, with which model, how relaxations ended, and failures."""
+    info = written[0].info
+    line = f"wrote {len(written)} structures to {output} (model {info['model']} {info.get('model_version', '')})"
+    if "stop_reason" in info:
+        reasons = Counter(atoms.info["stop_reason"] for atoms in written)
+        line += ": " + ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    return line + (f"; {failed} failed (above)" if failed else "")
+
+
+def report(name: str, problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        print(f"{name}: {problem}", file=sys.stderr)
+
+
+def fail(name: str, message: str, status: int) -> int:
+    print(f"{name}: {message}", file=sys.stderr)
+    return status
+
+
+def reachable(url: str, timeout: float = 10.0) -> bool:
+    """Whether anything answers HTTP at ``url`` (``/healthz``); the client then retries a server still loading."""
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/healthz", timeout=timeout)
+    except httpx.TransportError:
+        return False
+    return True
