@@ -27,16 +27,14 @@ from pathlib import Path
 import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.filters import FrechetCellFilter
 from ase.io import read, write
-from ase.optimize import FIRE
 from mlipserve.clients import Client
 from mlipserve.server.engine.tuning import tune_process
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_relax import ase_calculator
+from bench_relax import run_ase as plain_script  # (a): one FIRE(FrechetCellFilter) per structure
 from serving import served
 
 from tests.relax_structures import relaxation_structures
@@ -44,21 +42,6 @@ from tests.relax_structures import relaxation_structures
 CLI = [sys.executable, "-m", "mlipserve.server.cli"]
 #: A served path: its command line, and what reads each structure's outcome back from what it wrote.
 ServedPath = tuple[list[str], Callable[[], list[dict]]]
-FMAX, MAX_STEPS = 0.05, 500  # matbench-discovery's protocol for MP-trained models
-
-
-def plain_script(model: str, structures: list[Atoms]) -> tuple[float, list[dict]]:
-    """(a): seconds for the loop (the calculator is loaded before), and each structure's outcome."""
-    calculator = ase_calculator(model)
-    outcomes = []
-    start = time.perf_counter()
-    for atoms in structures:
-        atoms = atoms.copy()
-        atoms.calc = calculator
-        optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
-        converged = bool(optimizer.run(fmax=FMAX, steps=MAX_STEPS))
-        outcomes.append({"energy": atoms.get_potential_energy(), "steps": optimizer.nsteps, "converged": converged})
-    return time.perf_counter() - start, outcomes
 
 
 def discovery_path(url: str, model: str, structures: Path, folder: Path) -> ServedPath:
