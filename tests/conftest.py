@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -113,6 +114,14 @@ class RunningServer:
     def __exit__(self, *exc_info: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+@contextlib.contextmanager
+def ready_server(timeout: float = 300, **settings: Any) -> Iterator[str]:
+    """A server in this process on a free port with ``settings``, its models loaded; yields its URL."""
+    with RunningServer(ServerSettings(port=free_port(), **settings)) as running:
+        Client(running.url).wait_until_ready(timeout=timeout)
+        yield running.url
 
 
 @pytest.fixture(scope="session")

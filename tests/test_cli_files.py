@@ -16,9 +16,8 @@ from ase.build import bulk
 from ase.io import read, write
 from mlipserve.clients import Client
 from mlipserve.clients.files import read_all
-from mlipserve.server.config import ServerSettings
 
-from .conftest import RunningServer, free_port
+from .conftest import free_port, ready_server
 
 MODEL = "hfo2-cp0"  # a small SevenNet test model that knows Hf and O only: Si is a bad frame
 
@@ -31,10 +30,8 @@ def hfo2(repeat: tuple[int, int, int] = (1, 1, 1), seed: int = 0, a: float = 5.1
 
 @pytest.fixture(scope="module")
 def url(model_dir: Path) -> Iterator[str]:
-    settings = ServerSettings(port=free_port(), models=(MODEL,), model_dir=model_dir, device="cpu", torch_threads=1)
-    with RunningServer(settings) as running:
-        Client(running.url).wait_until_ready(timeout=300)
-        yield running.url
+    with ready_server(models=(MODEL,), model_dir=model_dir, device="cpu", torch_threads=1) as running:
+        yield running
 
 
 @pytest.fixture()

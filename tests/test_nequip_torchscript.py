@@ -29,9 +29,8 @@ from mlipserve.models.loading import load_model  # noqa: E402
 from mlipserve.models.potential import StructureRejected  # noqa: E402
 from mlipserve.models.registry import ModelRegistry  # noqa: E402
 from mlipserve.models.system import AtomicSystem  # noqa: E402
-from mlipserve.server.config import ServerSettings  # noqa: E402
 
-from .conftest import FIXTURES, RunningServer, free_port  # noqa: E402
+from .conftest import FIXTURES, ready_server  # noqa: E402
 
 FOLDER = FIXTURES / "nequip" / "nequip-lr_LiCl_nequip0.5.6"
 DEPLOYED = FOLDER / "deployed.pth"
@@ -125,10 +124,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(model_dir: Path) -> Iterator[str]:
-    settings = ServerSettings(port=free_port(), models=(MODEL,), model_dir=model_dir, device="cpu", torch_threads=2)
-    with RunningServer(settings) as running:
-        Client(running.url).wait_until_ready(timeout=120)
-        yield running.url
+    with ready_server(timeout=120, models=(MODEL,), model_dir=model_dir, device="cpu", torch_threads=2) as running:
+        yield running
 
 
 def test_served_batch_equals_direct_torchscript_evaluation(served: str, reference) -> None:

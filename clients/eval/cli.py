@@ -60,20 +60,13 @@ def _add_discovery(commands: Any) -> None:
         metavar="DIR",
         help="folder holding matbench's files (or their wbm/ and mp/ subfolders, as its cache does)",
     )
-    mb.add_argument("--wbm-atoms", type=Path, metavar="FILE", help="WBM initial atoms (*wbm-initial-atoms*.extxyz.zip)")
-    mb.add_argument("--wbm-summary", type=Path, metavar="FILE", help="WBM summary (*wbm-summary*.csv.gz)")
-    mb.add_argument(
-        "--wbm-cses",
-        type=Path,
-        metavar="FILE",
-        help="WBM computed structure entries (*wbm-computed-structure-entries*.json.bz2)",
-    )
-    mb.add_argument(
-        "--mp-refs",
-        type=Path,
-        metavar="FILE",
-        help="MP elemental reference entries (*mp-elemental-reference-entries*.json.gz)",
-    )
+    for option, what, pattern in (
+        ("--wbm-atoms", "WBM initial atoms", "*wbm-initial-atoms*.extxyz.zip"),
+        ("--wbm-summary", "WBM summary", "*wbm-summary*.csv.gz"),
+        ("--wbm-cses", "WBM computed structure entries", "*wbm-computed-structure-entries*.json.bz2"),
+        ("--mp-refs", "MP elemental reference entries", "*mp-elemental-reference-entries*.json.gz"),
+    ):
+        mb.add_argument(option, type=Path, metavar="FILE", help=f"{what} ({pattern})")
     mb.add_argument(
         "--subset",
         choices=("unique_prototypes", "full"),
