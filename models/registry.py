@@ -71,11 +71,6 @@ def builtin_card_files() -> list[Path]:
     return [Path(str(folder.joinpath(name))) for name in names]
 
 
-def builtin_cards() -> list[ModelCard]:
-    """The cards that ship inside mlipserve."""
-    return [ModelCard.from_yaml(path, builtin=True) for path in builtin_card_files()]
-
-
 class ModelRegistry:
     """Model cards by name: the built-in ones, then those found in ``model_dir`` (which may override them).
 
