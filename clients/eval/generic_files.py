@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from ase import Atoms
 
+from ..files import read_frames
 from .errors import EvalError
 from .matbench_files import sample_ids
 
@@ -95,13 +96,10 @@ def frame_energy(atoms: Atoms) -> float | None:
 
 
 def _read(path: Path) -> list[Atoms]:
-    from ase.io import read
-
-    try:
-        frames = read(path, index=":")
-    except Exception as error:  # ase raises many kinds
-        raise EvalError(f"{path}: cannot read structures ({error})") from error
-    return frames if isinstance(frames, list) else [frames]
+    frames, problem = read_frames(path)
+    if problem is not None:
+        raise EvalError(str(problem))
+    return [frame.atoms for frame in frames]
 
 
 def _frame_id(atoms: Atoms, path: Path, index: int) -> str:

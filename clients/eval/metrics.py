@@ -12,7 +12,6 @@ checks or from scikit-learn) or gives NaN (numpy input). Here that ratio is NaN,
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from .errors import EvalError
+from .store import json_text
 
 log = logging.getLogger(__name__)
 
@@ -319,15 +319,7 @@ def read_pred_csv(path: Path, pred_col: str | None = None) -> pd.Series:
 def write_metrics_json(metrics: Mapping[str, Any], path: Path) -> None:
     """``metrics`` as JSON (indent 2); NaN and infinities are written as null."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_ready(metrics), indent=2, allow_nan=False) + "\n")
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    path.write_text(json_text(dict(metrics)))
 
 
 def _header(path: Path) -> list[str]:
