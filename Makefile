@@ -30,9 +30,10 @@ serve: install  ## install, then serve SevenNet-0 and CHGNet on 127.0.0.1:8000
 	@echo "== starting: $(VENV)/bin/mlipserve serve $(SERVE_ARGS)  (the models load in the background; /readyz says when)"
 	$(VENV)/bin/mlipserve serve $(SERVE_ARGS)
 
-lint: install  ## ruff, mypy (clients/, server/api/) and the layers' import rules (import-linter)
+lint: install  ## ruff, hadolint (deploy/docker), mypy (clients/, server/api/) and the layers' import rules (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint deploy/docker/*.Dockerfile
 	@# mypy and import-linter read a package from its folder; ours is mapped from models/, server/, clients/,
 	@# so they read a copy laid out as installed
 	rm -rf build/layout && mkdir -p build/layout/mlipserve
@@ -40,17 +41,22 @@ lint: install  ## ruff, mypy (clients/, server/api/) and the layers' import rule
 	cd build/layout && $(abspath $(VENV))/bin/mypy --config-file $(abspath pyproject.toml)
 	cd build/layout && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports --no-cache $(abspath pyproject.toml)
 
-test: lint env-mace  ## install, lint, build the MACE worker environment, then run the test suite
+test: lint envs  ## install, lint, build the model families' worker environments, then run the test suite
 	$(VENV)/bin/python -m pytest
 
 bench: install
 	$(VENV)/bin/python benchmarks/bench_predict.py --model 7net-0
 
-# MACE's worker environment beside the main one: mace-torch pins e3nn 0.4.4, which sevenn cannot share.
-MACE_VENV ?= .venv-mace
-.PHONY: env-mace
-env-mace: $(MACE_VENV)/.installed  ## create .venv-mace (mlipserve[mace], editable) for `mlipserve worker` of MACE models
+# Model families whose pins conflict with the main environment's run in worker environments of their own beside it,
+# .venv-FAMILY, made by deploy/make-env.sh from deploy/FAMILY/constraints.txt: mace-torch pins e3nn 0.4.4, which
+# sevenn cannot share; fairchem-core pins one torch minor and setuptools<81; orb-models brings cloud storage clients
+# (cached_path), and matgl lightning and boto3, that the main environment has no use for; mattersim requires
+# torchvision, whose PyPI build needs CUDA torch; GRACE runs on TensorFlow (deploy/grace/ says how it installs).
+FAMILY_ENVS ?= mace fairchem orb m3gnet mattersim grace
+.PHONY: envs $(FAMILY_ENVS:%=env-%)
+envs: $(FAMILY_ENVS:%=env-%)  ## create every family's worker environment (.venv-mace, ...)
+$(FAMILY_ENVS:%=env-%): env-%: .venv-%/.installed  ## create .venv-FAMILY (mlipserve[FAMILY], editable) for its workers
 
-$(MACE_VENV)/.installed: pyproject.toml $(CONSTRAINTS) deploy/mace/constraints.txt deploy/make-env.sh
-	@echo "== creating $(MACE_VENV), MACE's own worker environment (first time: about 4 minutes)"
-	PYTHON=$(PYTHON) TORCH_CONSTRAINTS=$(CONSTRAINTS) deploy/make-env.sh mace $(MACE_VENV)
+.venv-%/.installed: pyproject.toml $(CONSTRAINTS) deploy/%/constraints.txt deploy/make-env.sh $(wildcard deploy/*/requirements.txt deploy/*/no-deps.txt)
+	@echo "== creating .venv-$*, the $* family's own worker environment (first time: a few minutes)"
+	PYTHON=$(PYTHON) TORCH_CONSTRAINTS=$(CONSTRAINTS) deploy/make-env.sh $* .venv-$*

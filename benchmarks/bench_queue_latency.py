@@ -25,7 +25,7 @@ from mlipserve.server.engine.batching import BatchPolicy
 from mlipserve.server.engine.loop import Worker
 from mlipserve.server.engine.tasks import Task
 from mlipserve.server.transport.redis.broker import RedisBroker
-from mlipserve.server.transport.redis.worker import RedisTaskSource
+from mlipserve.server.transport.redis.source import RedisTaskSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

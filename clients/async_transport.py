@@ -24,7 +24,7 @@ class AsyncTransport:
     """
 
     def __init__(self, settings: ClientSettings) -> None:
-        self.http = httpx.AsyncClient(base_url=settings.url, timeout=settings.timeout)
+        self.http = httpx.AsyncClient(base_url=settings.url, timeout=settings.timeout, headers=settings.headers)
 
     async def run(self, plan: Plan[T]) -> T:
         """The plan's value."""

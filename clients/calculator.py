@@ -25,10 +25,15 @@ class RemoteCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012 (ASE declares a list)
 
     def __init__(
-        self, url: str = DEFAULT_URL, model: str | None = None, client: Client | None = None, **kwargs: Any
+        self,
+        url: str = DEFAULT_URL,
+        model: str | None = None,
+        client: Client | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.client = client or Client(url, model=model, progress=False)
+        self.client = client or Client(url, model=model, progress=False, api_key=api_key)
         self.model = model
 
     def calculate(self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes) -> None:

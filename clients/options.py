@@ -6,10 +6,13 @@ in :mod:`mlipserve.protocol`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, get_args
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: Where the clients find the API key of a server that needs one, when none is given.
+API_KEY_ENV = "MLIPSERVE_API_KEY"
 
 #: ``"raise"``: a structure the server could not evaluate raises its StructureFailed; ``"return"``: it comes back
 #: as a Result whose ``error`` is set.
@@ -28,7 +31,8 @@ class ClientSettings:
     ``model``: default model of requests (None: the server's); ``timeout``: seconds per request;
     ``chunk_size``/``chunk_atoms``: most structures/atoms per request; ``concurrency``: requests in flight;
     ``retries``/``backoff``: on 502/503/504 and connection errors, waits doubling from ``backoff`` seconds (with
-    jitter) or the server's Retry-After, at most ``retries`` times; ``progress``: tqdm bar (None: on a terminal).
+    jitter) or the server's Retry-After, at most ``retries`` times; ``progress``: tqdm bar (None: on a terminal);
+    ``api_key``: sent as ``Authorization: Bearer`` to a server that needs one (None: ``$MLIPSERVE_API_KEY``).
     """
 
     url: str = DEFAULT_URL
@@ -40,9 +44,17 @@ class ClientSettings:
     retries: int = 8
     backoff: float = 0.5
     progress: bool | None = None
+    api_key: str | None = field(default=None, repr=False)  # never printed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", self.url.rstrip("/"))
+        if self.api_key is None:
+            object.__setattr__(self, "api_key", os.environ.get(API_KEY_ENV) or None)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of every request."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 class ClientOptions(TypedDict, total=False):
@@ -55,3 +67,4 @@ class ClientOptions(TypedDict, total=False):
     retries: int
     backoff: float
     progress: bool | None
+    api_key: str | None

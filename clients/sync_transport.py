@@ -21,7 +21,7 @@ class SyncTransport:
     """Performs the effects of plans (see :mod:`.effects`) by blocking calls."""
 
     def __init__(self, settings: ClientSettings) -> None:
-        self.http = httpx.Client(base_url=settings.url, timeout=settings.timeout)
+        self.http = httpx.Client(base_url=settings.url, timeout=settings.timeout, headers=settings.headers)
 
     def run(self, plan: Plan[T]) -> T:
         """The plan's value."""

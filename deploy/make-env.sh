@@ -10,13 +10,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-family="${1:?usage: deploy/make-env.sh FAMILY [VENV] (families with their own environment: mace)}"
+families="$(for file in deploy/*/constraints.txt; do basename "$(dirname "$file")"; done | tr '\n' ' ')"
+family="${1:?usage: deploy/make-env.sh FAMILY [VENV] (families with their own environment: $families)}"
 venv="${2:-.venv-$family}"
 python="${PYTHON:-python3}"
 torch_constraints="${TORCH_CONSTRAINTS:-deploy/constraints-cpu.txt}"
 family_constraints="deploy/$family/constraints.txt"
 if [ ! -f "$family_constraints" ]; then
-    echo "make-env.sh: no $family_constraints; families with their own environment: mace" >&2
+    echo "make-env.sh: no $family_constraints; families with their own environment: $families" >&2
     exit 2
 fi
 
@@ -24,7 +25,15 @@ fi
 pip=("$venv/bin/python" -m pip install --quiet -c "$torch_constraints" -c "$family_constraints")
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "${pip[@]}" torch
-"${pip[@]}" -e ".[$family]"
+if [ -f "deploy/$family/no-deps.txt" ]; then
+    # a package whose declared requirements cannot be installed as they stand (GRACE's tensorflow[and-cuda] on a CPU
+    # machine): what it really needs first (requirements.txt), then the package without its own dependencies
+    "${pip[@]}" -r "deploy/$family/requirements.txt"
+    "${pip[@]}" --no-deps -r "deploy/$family/no-deps.txt"
+    "${pip[@]}" -e .
+else
+    "${pip[@]}" -e ".[$family]"
+fi
 if [ "${CUEQ:-0}" = 1 ]; then
     "${pip[@]}" cuequivariance-torch cuequivariance-ops-torch-cu12
 fi

@@ -2,18 +2,21 @@
 
 A card is a YAML file. Built-in cards ship in ``mlipserve/models/cards/``; user cards live in the model directory
 (``--model-dir``, default ``~/.mlipserve/models``) beside their checkpoints. A checkpoint path in a user card is
-relative to the model directory and must stay inside it: checkpoints are pickles, and loading one runs code.
+relative to the model directory and must resolve inside it, symbolic links followed: some checkpoints are pickles
+that run code when loaded (MACE's), and no card may make the server read a file it was not given.
 Built-in cards may point into an installed package with ``package://<package>/<path>`` (SevenNet and CHGNet
-ship their weights inside their wheels), or name a file that the user downloads from ``source_url`` into the model
-directory (MACE's foundation models). Where the authors publish no sha256 for such a file, the card leaves
-``sha256`` empty and the user pins the hash of the file they checked in ``<file>.sha256`` beside it (the output of
-``sha256sum <file>``); nothing is unpickled without a hash to check it against.
+ship their weights inside their wheels; the path must resolve inside that package's folder), or name a file that
+the user downloads from ``source_url`` into the model directory (MACE's foundation models). Where the authors
+publish no sha256 for such a file, the card leaves ``sha256`` empty and the user pins the hash of the file they
+checked in ``<file>.sha256`` beside it (the output of ``sha256sum <file>``); nothing is unpickled without a hash
+to check it against.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,8 @@ class ModelCard:
     options: dict[str, Any] = field(default_factory=dict)
     #: Where a user-brought checkpoint can be downloaded (built-in cards whose file is not shipped).
     source_url: str = ""
+    #: The model's F1 on matbench-discovery's stable-crystal classification, where its leaderboard publishes one.
+    matbench_f1: float | None = None
     #: Folder that a relative ``checkpoint`` is resolved against; None for built-in cards.
     root: Path | None = None
     builtin: bool = False
@@ -81,6 +86,7 @@ class ModelCard:
             description=str(data.get("description", "")).strip(),
             options=dict(data.get("options") or {}),
             source_url=str(data.get("source_url", "")).strip(),
+            matbench_f1=_fraction(data["name"], "matbench_f1", data.get("matbench_f1")),
             root=root,
             builtin=builtin,
         )
@@ -119,22 +125,21 @@ class ModelCard:
         return frozenset(atomic_numbers[symbol] for symbol in self.elements)
 
     def checkpoint_path(self) -> Path:
-        """Resolve the checkpoint file, refusing any path that leaves the model directory."""
+        """Resolve the checkpoint file, refusing any path that leaves its folder.
+
+        That folder is the model directory (``root``) for a user card or a user-brought file, and the package's
+        folder for a built-in ``package://`` card. The path is resolved with every symbolic link followed (in the
+        file's name and in its parents), so ``..``, an absolute path and a link that points elsewhere are all
+        judged by where the file really is; a ``..`` or a link that stays inside the folder is fine.
+        """
         if self.checkpoint.startswith(PACKAGE_SCHEME):
             if not self.builtin:
                 raise CardError(f"{self.name}: only built-in cards may load from an installed package")
             package, _, relative = self.checkpoint[len(PACKAGE_SCHEME) :].partition("/")
-            return _package_folder(self.name, package) / relative
+            return _confined(self.name, self.checkpoint, _package_folder(self.name, package), relative, "package")
         if self.root is None:
             raise CardError(f"{self.name}: a built-in card needs a {PACKAGE_SCHEME} checkpoint")
-        root = self.root.resolve()
-        path = (root / self.checkpoint).resolve()
-        if not path.is_relative_to(root):
-            raise CardError(
-                f"{self.name}: checkpoint {self.checkpoint!r} lies outside the model directory {root}; "
-                "copy the file into the model directory"
-            )
-        return path
+        return _confined(self.name, self.checkpoint, self.root, self.checkpoint, "model directory")
 
     def is_installed(self) -> bool:
         try:
@@ -178,8 +183,18 @@ class ModelCard:
             "citation": self.citation,
             "description": self.description,
             "source_url": self.source_url,
+            "matbench_f1": self.matbench_f1,
             "installed": self.is_installed(),
         }
+
+
+def _fraction(model: str, key: str, value: Any) -> float | None:
+    """An optional number in [0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise CardError(f"model card {model!r}: {key} must be a number between 0 and 1, not {value!r}")
+    return float(value)
 
 
 def _sha256(model: str, value: Any) -> str:
@@ -195,6 +210,31 @@ def _sha256(model: str, value: Any) -> str:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise CardError(f"model card {model!r}: sha256 must be 64 hex digits, got {value!r}")
     return digest
+
+
+def _confined(model: str, checkpoint: str, folder: Path, relative: str, kind: str) -> Path:
+    """``folder / relative`` with all links resolved, if it lies inside ``folder`` (also resolved); else CardError.
+
+    ``kind`` is "model directory" or "package"; the error names the card, the path as written, where it leads
+    and why (an absolute path, a ``..``, or a symbolic link).
+    """
+    try:
+        root = Path(folder).resolve()
+        path = (root / relative).resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symbolic link loop (Python < 3.13)
+        raise CardError(f"{model}: checkpoint {checkpoint!r} cannot be resolved: {error}") from None
+    if path.is_relative_to(root):
+        return path
+    # Say why: judged without following links, the path either already leaves the folder or a link takes it out.
+    if Path(relative).is_absolute():
+        why = "an absolute path"
+    elif not Path(os.path.normpath(root / relative)).is_relative_to(root):
+        why = "its '..' leads out"
+    else:
+        why = "a symbolic link in it leads out"
+    where = f"the model directory {root}" if kind == "model directory" else f"the folder {root} of its package"
+    hint = "; copy the file into the model directory" if kind == "model directory" else ""
+    raise CardError(f"{model}: checkpoint {checkpoint!r} resolves to {path}, outside {where} ({why}){hint}")
 
 
 def _package_folder(model: str, package: str) -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -37,6 +37,16 @@ class Family:
     module: str  #: the backend module, which provides ``load_potential`` (:class:`~.potential.Backend`)
     distribution: str  #: the package it needs
     extra: str  #: the pip extra of mlipserve that installs that package
+    #: The precision its models run in unless their card says otherwise (``options: {dtype: ...}``).
+    dtype: str = "float32"
+    #: The worker environment it runs in: None for the main one, else FAMILY (``make env-FAMILY``, ``.venv-FAMILY``).
+    environment: str | None = None
+
+    def describe_environment(self) -> str:
+        """Where the family's models run, as ``mlipserve models`` and ``GET /v1/models`` say it."""
+        if self.environment is None:
+            return "main"
+        return f".venv-{self.environment} (make env-{self.environment})"
 
     def backend(self) -> Backend:
         """Import the backend module."""
@@ -46,10 +56,16 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "sevennet": Family("mlipserve.models.backends.sevennet", "sevenn", "sevenn"),
     "chgnet": Family("mlipserve.models.backends.chgnet", "chgnet", "chgnet"),
-    "mtp": Family("mlipserve.models.backends.mtp", "torch", "torch"),
-    "ace": Family("mlipserve.models.backends.ace", "torch", "torch"),
-    "mace": Family("mlipserve.models.backends.mace", "mace-torch", "mace"),
+    "mtp": Family("mlipserve.models.backends.mtp", "torch", "torch", dtype="float64"),
+    "ace": Family("mlipserve.models.backends.ace", "torch", "torch", dtype="float64"),
+    "mace": Family("mlipserve.models.backends.mace", "mace-torch", "mace", environment="mace"),
     "nequip": Family("mlipserve.models.backends.nequip", "torch", "torch"),
+    # downloadable universal models, each served from a worker environment of its own (deploy/make-env.sh FAMILY)
+    "orb": Family("mlipserve.models.backends.orb", "orb-models", "orb", environment="orb"),
+    "mattersim": Family("mlipserve.models.backends.mattersim", "mattersim", "mattersim", environment="mattersim"),
+    "grace": Family("mlipserve.models.backends.grace", "tensorpotential", "grace", environment="grace"),
+    "fairchem": Family("mlipserve.models.backends.fairchem", "fairchem-core", "fairchem", environment="fairchem"),
+    "m3gnet": Family("mlipserve.models.backends.m3gnet", "matgl", "m3gnet", environment="m3gnet"),
 }
 
 
@@ -120,6 +136,13 @@ class ModelRegistry:
 
     def cards(self) -> list[ModelCard]:
         return [self._cards[name] for name in self.names()]
+
+    def summary(self, card: ModelCard) -> dict[str, Any]:
+        """The card's public fields with its family's: the precision it runs in and the environment it needs."""
+        family = FAMILIES.get(card.family)
+        dtype = card.options.get("dtype") or (family.dtype if family else "unknown")
+        environment = family.describe_environment() if family else "unknown"
+        return card.summary() | {"dtype": str(dtype), "environment": environment}
 
     def card(self, name: str) -> ModelCard:
         if name in self.problems:

@@ -12,7 +12,10 @@ from fastapi import FastAPI
 
 from ..models.registry import ModelRegistry
 from .api.app import create_api
+from .api.auth import Authenticator
 from .config import ServerSettings
+from .keys import KeyRing
+from .quotas import LocalQuotas
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +26,15 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
     registry = registry or ModelRegistry(settings.model_dir)
     for name in settings.models:
         registry.card(name)  # fail fast on a misspelt --model, or a card that could not be used
+    keyring = KeyRing.load(settings.api_keys) if settings.api_keys else None  # KeysFileError names the problem
     if settings.redis_url:
         from .transport.redis.broker import RedisBroker, RedisWorkerDirectory
+        from .transport.redis.quotas import RedisQuotas
 
         broker = RedisBroker(settings.redis_url, settings.queue_limit, settings.request_timeout)
-        return create_api(settings, registry, broker, RedisWorkerDirectory(broker, expected=settings.models))
+        directory = RedisWorkerDirectory(broker, expected=settings.models)
+        auth = Authenticator(keyring, RedisQuotas(broker.redis))  # the same quotas on every replica
+        return create_api(settings, registry, broker, directory, auth=auth)
 
     from .transport.embedded import EmbeddedBroker, EmbeddedModelHost
 
@@ -42,4 +49,5 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
     async def stop() -> None:
         host.stop()
 
-    return create_api(settings, registry, embedded, host, on_start=start, on_stop=stop)
+    auth = Authenticator(keyring, LocalQuotas())
+    return create_api(settings, registry, embedded, host, on_start=start, on_stop=stop, auth=auth)

@@ -5,6 +5,7 @@ code lives in :mod:`mlipserve.clients`."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -16,8 +17,14 @@ from ..models.cards import CardError
 from ..models.registry import DEFAULT_MODEL, DEFAULT_MODEL_DIR, ModelRegistry, UnknownModel
 from .config import RedisWorkerSettings, ServerSettings, StructureLimits
 from .engine.batching import BatchPolicy
+from .keys import KeysFileError
+from .keys_command import add_keys_parser
+from .logs import FORMATS, configure_logging
+from .tables import format_table
 
 REDIS_ENV = "MLIPSERVE_REDIS_URL"
+MODEL_DIR_ENV = "MLIPSERVE_MODEL_DIR"
+LOG_FORMAT_ENV = "MLIPSERVE_LOG_FORMAT"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +66,43 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"send work to `mlipserve worker` processes through this Redis instead of running models here "
         f"(default: ${REDIS_ENV}, else embedded mode)",
     )
+    serve.add_argument(
+        "--api-keys",
+        type=Path,
+        metavar="FILE",
+        help="require an API key of FILE (names, hashes, scopes, rates: `mlipserve keys add NAME` makes it) on every "
+        "/v1/ route; without it the API is open, and listens on loopback only unless --insecure",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve an open API (no --api-keys) on an address beyond loopback: for a network you trust",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages of ORIGIN (e.g. https://lab.example.org) call the API from a browser; repeat for several",
+    )
+    for option, default, what in (
+        ("--max-body-bytes", defaults.max_body_bytes, "a JSON request body"),
+        ("--max-upload-bytes", defaults.max_upload_bytes, "an uploaded file (multipart body)"),
+    ):
+        serve.add_argument(option, type=int, default=default, help=f"largest {what}, in bytes (default %(default)s)")
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout,
+        help="seconds a request body may stall before 408 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--scale-from-zero",
+        action="store_true",
+        help="with --redis: queue requests for a --model that has no live worker (an autoscaler such as KEDA starts "
+        "one on the queue's length) instead of answering 503; /readyz then needs Redis only",
+    )
 
     worker = commands.add_parser("worker", help="serve one model from a Redis queue (run one per GPU or process)")
     worker.add_argument("--model", required=True, metavar="NAME", help="the model this worker serves")
@@ -77,6 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=worker_defaults.max_deliveries,
         help="dead-letter a task after this many deliveries (default %(default)s)",
     )
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=worker_defaults.drain_timeout,
+        help="on SIGTERM, finish held tasks for up to this many seconds, then hand the rest back to the queue "
+        "(default %(default)s)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (default: none)",
+    )
+
+    status = commands.add_parser("status", help="a fleet's workers and queues, read from its Redis")
+    status.add_argument("--redis", default=os.environ.get(REDIS_ENV), metavar="URL", help=f"default ${REDIS_ENV}")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     models = commands.add_parser("models", help="list registered models and whether their files are installed")
     _add_model_dir(models)
@@ -85,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=serve_command)
     worker.set_defaults(handler=worker_command)
     models.set_defaults(handler=list_models)
+    status.set_defaults(handler=fleet_status)
+    add_keys_parser(commands)
     add_file_commands(commands)
     _add_eval_commands(commands)
     return parser
@@ -108,6 +172,12 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: all cores)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
+        "--log-format",
+        default=os.environ.get(LOG_FORMAT_ENV, "text"),
+        choices=FORMATS,
+        help=f"text, or json: a JSON object per line with request and job ids (default: ${LOG_FORMAT_ENV}, else text)",
+    )
+    parser.add_argument(
         "--batch-atoms", type=int, default=None, help="atom budget of a batch (default: 128 on the CPU, 8192 on a GPU)"
     )
     parser.add_argument(
@@ -119,8 +189,8 @@ def _add_model_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir",
         type=Path,
-        default=DEFAULT_MODEL_DIR,
-        help="folder of user model cards (*.yaml) and checkpoints (default %(default)s)",
+        default=Path(os.environ.get(MODEL_DIR_ENV, DEFAULT_MODEL_DIR)),
+        help=f"folder of user model cards and checkpoints (default: ${MODEL_DIR_ENV}, else {DEFAULT_MODEL_DIR})",
     )
 
 
@@ -129,7 +199,7 @@ def serve_command(args: argparse.Namespace) -> None:
 
     from .app import create_app
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     default_models = () if args.redis else (DEFAULT_MODEL,)
     settings = ServerSettings(
         host=args.host,
@@ -144,7 +214,21 @@ def serve_command(args: argparse.Namespace) -> None:
         torch_threads=args.threads,
         redis_url=args.redis,
         queue_limit=args.queue_limit,
+        scale_from_zero=args.scale_from_zero,
+        api_keys=args.api_keys,
+        insecure=args.insecure,
+        cors_origins=tuple(args.cors_origins),
+        max_body_bytes=args.max_body_bytes,
+        max_upload_bytes=args.max_upload_bytes,
+        body_timeout=args.body_timeout,
     )
+    if settings.scale_from_zero and not settings.redis_url:
+        raise SystemExit("mlipserve serve: --scale-from-zero needs --redis (embedded models are always loaded)")
+    if settings.api_keys is None and not settings.insecure and not is_loopback(settings.host):
+        raise SystemExit(
+            f"mlipserve serve: refusing to serve an open API on {settings.host}: give --api-keys FILE "
+            "(`mlipserve keys add NAME --file FILE` makes one), or --insecure on a network you trust"
+        )
     registry = ModelRegistry(settings.model_dir)
     for name, reason in registry.problems.items():
         logging.getLogger("mlipserve").warning("model card %r could not be used: %s", name, reason)
@@ -153,17 +237,28 @@ def serve_command(args: argparse.Namespace) -> None:
             for name in settings.models:
                 registry.card(name).verified_checkpoint()
         app = create_app(settings, registry)
-    except (UnknownModel, CardError) as error:
+    except (UnknownModel, CardError, KeysFileError) as error:
         raise SystemExit(f"mlipserve serve: {error}") from None
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    # log_config=None: uvicorn's loggers go through the handler configured above, in the same format
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, log_config=None)
 
 
-def worker_command(args: argparse.Namespace) -> None:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def worker_command(args: argparse.Namespace) -> int:
     from .transport.redis.worker import run_worker
 
     if not args.redis:
         raise SystemExit(f"mlipserve worker needs --redis URL (or ${REDIS_ENV})")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format, model=args.model)
     settings = RedisWorkerSettings(
         redis_url=args.redis,
         model=args.model,
@@ -172,26 +267,44 @@ def worker_command(args: argparse.Namespace) -> None:
         claim_idle=args.claim_idle,
         max_deliveries=args.max_deliveries,
         torch_threads=args.threads,
+        drain_timeout=args.drain_timeout,
+        metrics_port=args.metrics_port,
     )
-    run_worker(settings, ModelRegistry(args.model_dir))
+    return run_worker(settings, ModelRegistry(args.model_dir))
 
 
 def list_models(args: argparse.Namespace) -> None:
     registry = ModelRegistry(args.model_dir)
-    rows = [card.summary() for card in registry.cards()]
+    rows = [registry.summary(card) for card in registry.cards()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    header = ("name", "family", "version", "installed", "elements", "license")
+    header = ("name", "family", "version", "installed", "elements", "cutoff", "dtype", "F1", "environment", "license")
     table = [header] + [
-        (r["name"], r["family"], r["version"], "yes" if r["installed"] else "no", str(len(r["elements"])), r["license"])
+        (
+            r["name"],
+            r["family"],
+            r["version"],
+            "yes" if r["installed"] else "no",
+            str(len(r["elements"])),
+            f"{r['cutoff']:g}",
+            r["dtype"],
+            "-" if r["matbench_f1"] is None else f"{r['matbench_f1']:.3f}",
+            r["environment"],
+            r["license"],
+        )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(format_table(table))
+    print("F1: matbench-discovery's stable-crystal F1, where its leaderboard publishes one for the model")
     for name, reason in registry.problems.items():
         print(f"warning: model card {name!r} could not be used: {reason}", file=sys.stderr)
+
+
+def fleet_status(args: argparse.Namespace) -> int:
+    from .fleet_status import status_command
+
+    return status_command(args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,21 @@ class ServerSettings:
     redis_url: str | None = None
     #: Seconds a request waits for its results before a 504.
     request_timeout: float = 3600.0
+    #: Redis mode: queue work for a --model that has no live worker, for an autoscaler (KEDA) to start one on the
+    #: queue's length, instead of answering 503 ``no_workers``; /readyz then needs Redis only.
+    scale_from_zero: bool = False
+    #: The keys file (names, hashes, scopes, rates; see ``server/keys.py``); None: the API is open.
+    api_keys: Path | None = None
+    #: Serve an open API (no keys) beyond loopback anyway.
+    insecure: bool = False
+    #: Origins whose pages may call the API from a browser (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()
+    #: Largest JSON body, and largest multipart upload (a job's extxyz file), in bytes; refused with 413 while
+    #: streaming, before the body is read whole.
+    max_body_bytes: int = 100 * 2**20
+    max_upload_bytes: int = 1 * 2**30
+    #: Seconds a client may leave a request body stalled before 408.
+    body_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -69,3 +84,7 @@ class RedisWorkerSettings:
     #: Seconds a result stream is kept after its last write.
     result_ttl: float = 3600.0
     torch_threads: int | None = None
+    #: Seconds a stopping worker spends finishing the tasks it holds before handing the rest back to the queue.
+    drain_timeout: float = 60.0
+    #: Port of the worker's /metrics, /healthz and /readyz (None: none served).
+    metrics_port: int | None = None

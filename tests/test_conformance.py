@@ -15,19 +15,20 @@ triclinic periodic cells of 2-8 atoms, one described by a left-handed cell, and 
 
 Tolerances follow the family's dtype (``tests/conformance_cases.py``, :data:`TOLERANCES`): float32 families
 (SevenNet, CHGNet, NequIP, MACE) and float64 ones (MTP, ACE). The checks themselves live in
-``tests/conformance_cases.py``, which needs no pytest, so that MACE runs the very same checks inside its own
-environment (``.venv-mace``), where this process cannot import mace; its results come back as JSON.
+``tests/conformance_cases.py``, which needs no pytest, so that the families with environments of their own (MACE,
+ORB, fairchem, ...) run the very same checks inside them (``.venv-FAMILY``), where this process cannot import their
+packages; their results come back as JSON.
 
 Adding a family: register it in ``mlipserve.models.registry.FAMILIES`` (``test_every_family_has_a_case`` fails
 until the rest is done), give it structures of its elements in ``conformance_cases.STRUCTURES`` and its dtype and
 stress support in ``conformance_cases.TRAITS``, and add a :class:`Case` to :data:`CASES` below that installs a
 small model of the family into the model directory (card and checkpoint) and names it. A family that runs only in
-its own environment gets ``environment`` set, and a fixture like :func:`mace_results` that runs
-``conformance_cases.py`` there.
+its own environment gets ``environment`` set; :func:`environment_results` runs ``conformance_cases.py`` there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -43,8 +44,6 @@ from mlipserve.models.registry import FAMILIES, ModelRegistry
 from . import conformance_cases as conformance
 from .conftest import FIXTURES, REPO, torch_threads, write_card
 
-MACE_PYTHON = REPO / ".venv-mace" / "bin" / "python"
-MACE_INSTALLED = REPO / ".venv-mace" / ".installed"  # written by `make env-mace` once the environment is complete
 HELPERS = Path(__file__).resolve().parent
 
 
@@ -73,15 +72,82 @@ def install_nequip(model_dir: Path) -> str:
     return "conformance-nequip"
 
 
+def env_python(family: str) -> Path:
+    """The Python of a family's own worker environment (``make env-FAMILY``)."""
+    return REPO / f".venv-{family}" / "bin" / "python"
+
+
+def build_in_env(family: str, *arguments: str) -> None:
+    """Run ``tests/FAMILY_env_helper.py build ...`` in the family's environment."""
+    command = [str(env_python(family)), str(HELPERS / f"{family}_env_helper.py"), "build", *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def install_mace(model_dir: Path) -> str:
     """A small random ScaleShiftMACE saved by mace-torch in its environment, served in float32 (the default)."""
     path = model_dir / "conformance-mace.model"
     elements = "H O Si Cu"
-    command = [str(MACE_PYTHON), str(HELPERS / "mace_env_helper.py"), "build", str(path), "--elements"]
-    result = subprocess.run([*command, *elements.split()], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    build_in_env("mace", str(path), "--elements", *elements.split())
     write_card(model_dir, "conformance-mace", path, family="mace", elements=elements, cutoff=4.5)
     return "conformance-mace"
+
+
+def install_fairchem(model_dir: Path) -> str:
+    """A small random eSEN-like model in fairchem's inference-checkpoint format, served in float32."""
+    path = model_dir / "conformance-fairchem.pt"
+    build_in_env("fairchem", str(path), "--kind", "esen")
+    write_card(model_dir, "conformance-fairchem", path, family="fairchem", elements="H O Si Cu", cutoff=4.5)
+    return "conformance-fairchem"
+
+
+def install_m3gnet(model_dir: Path) -> str:
+    """A small random M3GNet saved by matgl (model.pt, state.pt), served in float32; forces scaled up by ``--scale``
+    so that the finite-difference checks have forces to measure."""
+    folder = model_dir / "m3gnet"
+    build_in_env("m3gnet", str(folder), "--elements", "H", "O", "Si", "Cu", "--scale", "400")
+    init_args = hashlib.sha256((folder / "float32" / "model.pt").read_bytes()).hexdigest()
+    write_card(
+        model_dir,
+        "conformance-m3gnet",
+        folder / "float32" / "state.pt",
+        family="m3gnet",
+        checkpoint="m3gnet/float32/state.pt",  # beside its model.pt (write_card also copies it to the top)
+        elements="H O Si Cu",
+        cutoff=4.0,
+        options=f"{{init_args_sha256: {init_args}}}",
+    )
+    return "conformance-m3gnet"
+
+
+def install_mattersim(model_dir: Path) -> str:
+    """A small random M3Gnet saved by mattersim's ``Potential.save`` (the published format), served in float32."""
+    path = model_dir / "conformance-mattersim.pth"
+    build_in_env("mattersim", str(path), "--cutoff", "4.5")
+    elements = "H C O Mg Al Si Ni Cu"
+    write_card(model_dir, "conformance-mattersim", path, family="mattersim", elements=elements, cutoff=4.5)
+    return "conformance-mattersim"
+
+
+def install_grace(model_dir: Path) -> str:
+    """A small random GRACE model exported by tensorpotential (a SavedModel archive), in float64."""
+    path = model_dir / "conformance-grace.tar.gz"
+    build_in_env("grace", str(path), "--elements", "H", "O", "Si", "Cu")
+    write_card(model_dir, "conformance-grace", path, family="grace", elements="H O Si Cu", cutoff=4.5)
+    return "conformance-grace"
+
+
+def install_orb(model_dir: Path) -> str:
+    """A small random orb-v3 conservative model (a state dict, as ORB publishes them), served in float32."""
+    path = model_dir / "conformance-orb.ckpt"
+    build_in_env("orb", str(path), "--dtype", "float32")
+    options = (
+        "{architecture: orb-v3-conservative, max_num_neighbors: 120, latent_dim: 32, base_mlp_hidden_dim: 64, "
+        "head_mlp_hidden_dim: 32, num_message_passing_steps: 2}"
+    )
+    elements = "H C O Mg Al Si Ni Cu"
+    write_card(model_dir, "conformance-orb", path, family="orb", elements=elements, cutoff=6.0, options=options)
+    return "conformance-orb"
 
 
 @dataclass(frozen=True)
@@ -100,6 +166,11 @@ CASES: dict[str, Case] = {
     "ace": Case(install_ace),
     "nequip": Case(install_nequip),
     "mace": Case(install_mace, environment="mace"),
+    "fairchem": Case(install_fairchem, environment="fairchem"),
+    "orb": Case(install_orb, environment="orb"),
+    "m3gnet": Case(install_m3gnet, environment="m3gnet"),
+    "mattersim": Case(install_mattersim, environment="mattersim"),
+    "grace": Case(install_grace, environment="grace"),
 }
 
 
@@ -130,32 +201,43 @@ def potentials(conformance_dir: Path) -> Callable[[str], Potential]:
 
 
 @pytest.fixture(scope="module")
-def mace_results(conformance_dir: Path) -> dict[str, dict]:
-    """Every check run by ``conformance_cases.py`` in ``.venv-mace`` on the small MACE model, once."""
-    if not (MACE_PYTHON.exists() and MACE_INSTALLED.exists()):
-        message = "the MACE environment .venv-mace is missing or not finished: create it with `make env-mace`"
-        if os.environ.get("CI"):
-            raise RuntimeError(message)
-        pytest.skip(message)
-    name = install_mace(conformance_dir)
-    out = conformance_dir / "mace-conformance.json"
-    command = [str(MACE_PYTHON), str(HELPERS / "conformance_cases.py"), "--family", "mace", "--out", str(out)]
-    command += ["--model-dir", str(conformance_dir), "--model", name]
-    environment = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(out.read_text())
+def environment_results(conformance_dir: Path) -> Callable[[str], dict[str, dict]]:
+    """Every check run by ``conformance_cases.py`` in a family's own environment on its small model, once a family."""
+    results: dict[str, dict[str, dict]] = {}
+
+    def get(family: str) -> dict[str, dict]:
+        if family in results:
+            return results[family]
+        python = env_python(family)
+        if not (python.exists() and (python.parents[1] / ".installed").exists()):
+            message = f"the {family} environment .venv-{family} is missing or not finished: `make env-{family}`"
+            if os.environ.get("CI"):
+                raise RuntimeError(message)
+            pytest.skip(message)
+        name = CASES[family].install(conformance_dir)
+        out = conformance_dir / f"{family}-conformance.json"
+        command = [str(python), str(HELPERS / "conformance_cases.py"), "--family", family, "--out", str(out)]
+        command += ["--model-dir", str(conformance_dir), "--model", name]
+        environment = os.environ | {"OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[family] = json.loads(out.read_text())
+        return results[family]
+
+    return get
 
 
 def run_check(family: str, check: str, request: pytest.FixtureRequest) -> None:
     """Run one of ``conformance_cases.CHECKS`` on ``family``'s model, here or in the family's own environment."""
-    if CASES[family].environment == "mace":
-        result = request.getfixturevalue("mace_results")[check]
-        assert result["ok"], f"in .venv-mace: {result['message']}"
-        print(f"{family} {check}: {result['measured']}")
-        return
-    potential = request.getfixturevalue("potentials")(family)
-    measured = conformance.CHECKS[check](potential, conformance.STRUCTURES[family](), conformance.TRAITS[family])
+    if CASES[family].environment is not None:
+        result = request.getfixturevalue("environment_results")(family)[check]
+        assert result["ok"], f"in .venv-{family}: {result['message']}"
+        measured = result["measured"]
+    else:
+        potential = request.getfixturevalue("potentials")(family)
+        measured = conformance.CHECKS[check](potential, conformance.STRUCTURES[family](), conformance.TRAITS[family])
+    if "skipped" in measured:  # a check that does not apply to the family's architecture
+        pytest.skip(f"{family} {check}: {measured['skipped']}")
     print(f"{family} {check}: {measured}")
 
 

@@ -94,6 +94,17 @@ def test_batcher_respects_the_atom_budget_and_order() -> None:
     assert batches == [[4, 4, 8], [32], [2, 2, 2]]
 
 
+def test_batcher_holds_at_most_one_fetch_of_tasks_it_cannot_batch_yet() -> None:
+    """A full batch stops taking tasks: what a worker holds unbatched, other workers cannot take."""
+    tasks = [task(Atoms("Ar16", positions=np.arange(48).reshape(16, 3) * 2.0)) for _ in range(500)]
+    source = ListSource(tasks)
+    batcher = AtomBudgetBatcher(source, BatchPolicy(max_atoms=128, max_wait=0.05, idle_poll=0.01))
+    batch = batcher.next_batch()
+    assert len(batch) == 8  # 128 atoms
+    taken = 500 - source.queue.qsize()
+    assert len(batcher) <= batcher._fetch_count and taken == len(batch) + len(batcher)
+
+
 def test_batcher_waits_briefly_for_more_work() -> None:
     source = ListSource([])
     batcher = AtomBudgetBatcher(source, BatchPolicy(max_atoms=100, max_wait=0.2, idle_poll=0.01))

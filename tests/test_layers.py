@@ -17,7 +17,7 @@ from mlipserve.server.cli import build_parser
 settings = ServerSettings(redis_url="redis://127.0.0.1:1/0", models=("7net-0",))
 app = create_app(settings)
 state = app.state.mlipserve
-summaries = [card.summary() for card in state.registry.cards()]  # what GET /v1/models serves
+summaries = [state.registry.summary(card) for card in state.registry.cards()]  # what GET /v1/models serves
 assert any(summary["installed"] for summary in summaries)
 loaded = sorted(name for name in sys.modules if name == "torch" or name.startswith("mlipserve.models.backends"))
 print(",".join(loaded))

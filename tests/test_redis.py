@@ -23,7 +23,7 @@ from mlipserve.server.engine.tasks import Task
 from mlipserve.server.transport.redis import layout
 from mlipserve.server.transport.redis.broker import RedisBroker
 from mlipserve.server.transport.redis.codec import decode_result, encode_task
-from mlipserve.server.transport.redis.worker import RedisTaskSource
+from mlipserve.server.transport.redis.source import RedisTaskSource
 
 from .conftest import RunningServer, free_port
 from .redis_fixtures import WorkerProcess, wait_for_workers

@@ -132,8 +132,13 @@ def test_cli_lists_models(tmp_path: Path) -> None:
     table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert rows["7net-0"][3] == "yes" and rows["mine"][3] == "no"
+    assert rows["7net-0"][5:9] == ["5", "float32", "0.724", "main"]  # cutoff, dtype, F1, environment
     listed = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True, check=True).stdout)
     assert {row["name"] for row in listed} >= {"7net-0", "chgnet-0.3.0", "mine"}
+    by_name = {row["name"]: row for row in listed}
+    assert by_name["7net-l3i5"]["matbench_f1"] == 0.760 and by_name["mine"]["matbench_f1"] is None
+    assert by_name["mace-mp-0-medium"]["environment"] == ".venv-mace (make env-mace)"
+    assert {row["dtype"] for row in listed if row["family"] in ("mtp", "ace")} <= {"float64"}
 
 
 def test_every_backend_matches_the_loader_protocol() -> None:

@@ -1,6 +1,11 @@
 """CHGNet backend: each system's ``CrystalGraph`` is built from a vesin neighbour list by chgnet's own graph code,
 and the whole batch goes through one ``CHGNet.forward`` call; results are in the units and signs that
 ``CHGNetCalculator`` reports (eV, eV/Å, eV/Å³). Molecules are put in a vacuum box wider than the cutoff.
+
+A CHGNet checkpoint is a ``torch.save`` of plain data: ``{"model": {"state_dict": ..., "model_args": ...}}`` plus
+optimiser, scheduler and training history. chgnet's ``CHGNet.from_file`` reads it with ``weights_only=False``;
+here it is read with ``torch.load(weights_only=True)`` (:func:`~mlipserve.models.loading.load_weights_only`, no
+extra classes allowed) and the model is built by chgnet's ``CHGNet.from_dict`` from the ``model`` entry.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from chgnet.model.model import CHGNet
 
 from ...errors import ErrorCode
 from ..cards import CardError, ModelCard
+from ..loading import load_weights_only
 from ..potential import ALL_PROPERTIES, FORCES, STRESS, Potential, Prediction, StructureRejected
 from ..system import AtomicSystem
 
@@ -32,10 +38,16 @@ _BOX_MARGIN = 1.0
 
 
 def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> CHGNetPotential:
-    """Load a CHGNet checkpoint with chgnet's own loader and check its bond graph cutoff against the card."""
+    """Build the CHGNet stored in ``checkpoint`` (read with weights_only) and check its bond graph cutoff."""
     options = {"mlp_out_bias": bool(card.options["mlp_out_bias"])} if "mlp_out_bias" in card.options else {}
+    contents = load_weights_only(card, checkpoint)
+    saved = contents.get("model") if isinstance(contents, dict) else None
+    if not isinstance(saved, dict) or "state_dict" not in saved or "model_args" not in saved:
+        raise CardError(
+            f"{card.name}: {checkpoint.name} is not a CHGNet checkpoint (no model state_dict and model_args)"
+        )
     with contextlib.redirect_stdout(io.StringIO()):  # chgnet prints a banner when it builds a model
-        model = CHGNet.from_file(str(checkpoint), **options)
+        model = CHGNet.from_dict(saved, **options)
     return CHGNetPotential(card, model, torch.device(device))
 
 

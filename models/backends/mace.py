@@ -6,9 +6,16 @@ one call of the model returns the energies, forces (``-dE/dr``) and stresses (AS
 ``mace.calculators.MACECalculator`` reads them for a single structure. The tensors are built in the model's dtype
 directly, so the process-wide torch default dtype is never switched (other models may share the process).
 
-mace-torch's model files are pickled modules. ``import mace`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which
-turns off ``torch.load``'s ``weights_only`` safety for the whole process; this module imports mace with that
-variable restored afterwards, and unpickles only the file the registry has hash-checked, explicitly.
+mace-torch's model files are pickled modules, so they are loaded with ``torch.load(weights_only=False)``: full
+unpickling, which runs whatever the file says. ``weights_only=True`` cannot read them: the file holds no state dict
+and config from which the model could be rebuilt, but the ``ScaleShiftMACE`` object itself, made of dozens of mace
+and e3nn module classes (interaction blocks, tensor products, radial embeddings, e3nn's generated code).
+Allowing all of those classes for the restricted unpickler would let a file build and configure any of them,
+which is no longer the guarantee ``weights_only`` gives. What stands instead: only a file inside the model
+directory (symbolic links followed) whose sha256 matches the card or the user's pin is unpickled, and only in the
+MACE environment. ``import mace`` sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which turns off ``torch.load``'s
+``weights_only`` default for the whole process; this module imports mace with that variable restored afterwards,
+so that no other ``torch.load`` in the process unpickles unsafely.
 """
 
 from __future__ import annotations

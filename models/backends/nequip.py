@@ -4,6 +4,13 @@ Two file forms are served (see :mod:`.nequip_formats`): TorchScript files from `
 AOTInductor packages from ``nequip-compile --mode aotinductor`` (current nequip; ``--target batch`` for batched
 inference, ``--target ase`` one structure per call). Both run on torch alone; the ``nequip`` package is not needed.
 
+Neither form is a pickle, so ``torch.load(weights_only=True)`` does not apply to them. A TorchScript file is read by
+``torch.jit.load``, whose own unpickler rebuilds only tensors and the TorchScript classes compiled from the file's
+code; that code then runs in the TorchScript interpreter as the model. An AOTInductor package holds a compiled
+shared library that ``aoti_load_package`` loads into the process: native code with the server's rights. For both,
+the guard is that only a file inside the model directory whose sha256 matches the card is loaded. A pickled
+training checkpoint (``.ckpt``) is recognised by its zip entries and refused without being unpickled.
+
 The cutoff and the atom type names are read from the file (the registry checks the card against them). A model's
 types are names, not elements: the card maps elements to them with ``options.type_names`` (``{Li: Li, Cl: Cl}``);
 without that option the type names must be element symbols, and they are the potential's elements.

@@ -5,6 +5,12 @@ neighbour list comes from :func:`mlipserve.models.graph.build_graph`; it is turn
 ``AtomGraphData`` that SevenNet's model expects (edge vectors carry the gradient; forces and the virial come from
 ``dE/d(edge vector)``), and the outputs are converted to ASE's units and sign conventions exactly as
 ``sevenn.calculator.SevenNetCalculator`` does.
+
+A SevenNet checkpoint is a ``torch.save`` of a dict: ``config`` (numbers, strings, lists, dicts, tensors and a few
+numeric numpy arrays such as ``shift``), ``model_state_dict``, optimiser and scheduler state, ``epoch``. sevenn
+reads it with ``weights_only=False``; here it is read with ``torch.load(weights_only=True)``
+(:func:`~mlipserve.models.loading.load_weights_only`), allowing beyond torch's defaults only numpy's numeric
+arrays (:data:`~mlipserve.models.loading.NUMPY_ARRAYS`), and the network is then built by sevenn from that dict.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import torch
 
 from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph
+from ..loading import NUMPY_ARRAYS, load_weights_only
 from ..potential import ALL_PROPERTIES, MIN_VOLUME, Potential, Prediction, needs_gradients, split_batch
 from ..system import AtomicSystem
 
 try:  # sevenn is the optional dependency of this family; the registry reports a missing package clearly
     import sevenn._keys as KEY
     from sevenn.atom_graph_data import AtomGraphData
-    from sevenn.checkpoint import SevenNetCheckpoint
+    from sevenn.checkpoint import SevenNetCheckpoint, _config_cp_routine
     from sevenn.nn.force_output import ForceStressOutputFromEdge
     from sevenn.nn.sequential import AtomGraphSequential
 except ImportError as error:  # pragma: no cover - exercised only without sevenn
@@ -40,6 +47,33 @@ def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> S
     return SevenNetPotential(card, checkpoint, device)
 
 
+class _WeightsOnlyCheckpoint(SevenNetCheckpoint):
+    """sevenn's checkpoint object, given the file's contents as read with ``weights_only=True``.
+
+    ``SevenNetCheckpoint`` reads its file lazily, in ``_load``, with ``weights_only=False``. This subclass fills the
+    attributes that ``_load`` would fill from the contents already read, and ``_load`` itself refuses to run, so
+    sevenn never unpickles the file; ``build_model`` (config defaults, patches for old checkpoints, e3nn and
+    cuEquivariance conversions) is sevenn's own. The attributes (and ``_config_cp_routine``) are sevenn 0.13's.
+    """
+
+    def __init__(self, path: Path, contents: Any, card: ModelCard):
+        super().__init__(path)
+        if not isinstance(contents, dict) or not contents.get("config") or not contents.get("model_state_dict"):
+            raise CardError(f"{card.name}: {path.name} is not a SevenNet checkpoint (no config and model_state_dict)")
+        self._config_original = contents["config"]
+        self._config = _config_cp_routine(contents["config"])  # sevenn's defaults and old-version patches
+        self._model_state_dict = contents["model_state_dict"]
+        self._optimizer_state_dict = contents.get("optimizer_state_dict", {})
+        self._scheduler_state_dict = contents.get("scheduler_state_dict", {})
+        self._epoch = contents.get("epoch")
+        self._time = contents.get("time", "Not found")
+        self._hash = contents.get("hash", "Not found")
+        self._loaded = True
+
+    def _load(self) -> None:
+        raise RuntimeError("a SevenNet checkpoint is read with weights_only=True, never by sevenn's own torch.load")
+
+
 class SevenNetPotential(Potential):
     """A SevenNet model that evaluates whole batches; float32, as SevenNet is trained and run."""
 
@@ -49,8 +83,7 @@ class SevenNetPotential(Potential):
         self.card = card
         self.device = torch.device(device)
         self.dtype = torch.float32
-        # The file is a full pickle (sevenn loads it with weights_only=False); the registry verified its sha256.
-        sevenn_checkpoint = SevenNetCheckpoint(str(checkpoint))
+        sevenn_checkpoint = _WeightsOnlyCheckpoint(checkpoint, load_weights_only(card, checkpoint, NUMPY_ARRAYS), card)
         config = sevenn_checkpoint.config
         self.modal = self._pick_modal(card, config)
         self.elements = frozenset(int(z) for z in config[KEY.TYPE_MAP])

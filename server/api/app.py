@@ -9,20 +9,27 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ... import __version__
 from ...errors import ErrorCode
 from ...models.registry import ModelRegistry
 from ..config import ServerSettings
+from ..keys import Scope
 from ..transport.base import Broker, BrokerError, ModelDirectory
+from .auth import Authenticator
 from .context import AppState
 from .errors import RequestError
 from .jobs import JobManager
-from .routes import health, jobs, models, predict, relax
+from .limits import BodyLimitMiddleware, BodyLimits
+from .observe import ObservingMiddleware
+from .routes import health, jobs, models, page, predict, relax, status
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -38,9 +45,15 @@ def create_api(
     directory: ModelDirectory,
     on_start: Hook = _nothing,
     on_stop: Hook = _nothing,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
-    """The FastAPI app over ``broker``; ``on_start``/``on_stop`` run after the broker starts and before it closes."""
+    """The FastAPI app over ``broker``; ``on_start``/``on_stop`` run after the broker starts and before it closes.
+
+    ``auth`` admits requests (default: no keys, an open API).
+    """
     state = AppState(settings, registry, broker, directory)
+    if auth is not None:
+        state.auth = auth
     job_manager = JobManager(state)
 
     @asynccontextmanager
@@ -60,18 +73,48 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.mlipserve = state
-    for router in (predict.create_router(state), relax.create_router(state), jobs.create_router(state, job_manager)):
-        app.include_router(router)
-    app.include_router(models.create_router(state))
+
+    def admitting(scope: Scope | None) -> list[Any]:
+        return [Depends(state.auth.requires(scope))] if state.auth.enabled else []
+
+    app.include_router(predict.create_router(state), dependencies=admitting(Scope.PREDICT))
+    app.include_router(relax.create_router(state), dependencies=admitting(Scope.RELAX))
+    app.include_router(jobs.create_router(state, job_manager), dependencies=admitting(Scope.JOBS))
+    app.include_router(models.create_router(state), dependencies=admitting(None))
+    app.include_router(status.create_router(state, job_manager), dependencies=admitting(Scope.ADMIN))
     app.include_router(health.create_router(state))
+    app.include_router(page.create_router())
+    # outermost last: request ids and metrics see every answer, the body limits run before anything reads a body
+    app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.of(settings))
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "Location"],
+        )
+    app.add_middleware(ObservingMiddleware, metrics=state.metrics)
+
+    def refuse(request: Request, error: RequestError) -> JSONResponse:
+        state.metrics.record_error(request.method, request.url.path, error.status, error.code.value, error.message)
+        return _error_response(error)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
-        return _error_response(error)
+        return refuse(request, error)
 
     @app.exception_handler(BrokerError)
     async def broker_error(request: Request, error: BrokerError) -> JSONResponse:
-        return _error_response(RequestError.from_broker(error))
+        return refuse(request, RequestError.from_broker(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        """Starlette's own refusals (no such route, wrong method, an unreadable body) in the API's error format."""
+        code = HTTP_ERROR_CODES.get(error.status_code, ErrorCode.INVALID_REQUEST)
+        response = refuse(request, RequestError(error.status_code, code, str(error.detail)))
+        response.headers.update(error.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -79,12 +122,23 @@ def create_api(
             f"{'.'.join(str(part) for part in e['loc'] if part != 'body') or 'body'}: {e['msg']}"
             for e in error.errors()
         )
-        return _error_response(RequestError(422, ErrorCode.INVALID_REQUEST, problems))
+        return refuse(request, RequestError(422, ErrorCode.INVALID_REQUEST, problems))
 
     return app
 
 
+#: The codes of Starlette's refusals by status; any other is an ``invalid_request``.
+HTTP_ERROR_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    408: ErrorCode.BODY_TIMEOUT,
+    413: ErrorCode.BODY_TOO_LARGE,
+}
+
+
 def _error_response(error: RequestError) -> JSONResponse:
-    headers = {"Retry-After": f"{error.retry_after:g}"} if error.retry_after is not None else None
+    headers = {"Retry-After": f"{error.retry_after:g}"} if error.retry_after is not None else {}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     body = {"error": {"code": error.code.value, "message": error.message}}
     return JSONResponse(body, status_code=error.status, headers=headers)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from ...errors import ErrorCode
 from ...models.cards import ModelCard
 from ...models.registry import DEFAULT_MODEL, ModelRegistry, UnknownModel
 from ..config import ServerSettings
+from ..engine.tasks import Task, TaskResult
+from ..quotas import LocalQuotas
 from ..transport.base import Broker, ModelDirectory, ModelState, ModelStatus
+from .auth import Authenticator
 from .errors import RequestError
 from .ingest import check_structure_count
+from .observe import ApiMetrics
 
 
 @dataclass
@@ -19,6 +24,14 @@ class AppState:
     registry: ModelRegistry
     broker: Broker
     directory: ModelDirectory
+    auth: Authenticator = field(default_factory=lambda: Authenticator(None, LocalQuotas()))
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
+
+    async def submit(self, tasks: Sequence[Task]) -> list[TaskResult]:
+        """Run ``tasks`` through the broker and count the work done."""
+        results = await self.broker.submit(tasks)
+        self.metrics.count_results(tasks, results)
+        return results
 
     @property
     def default_model(self) -> str:
@@ -41,11 +54,15 @@ class AppState:
             )
         if status.state is ModelState.LOADING:
             raise RequestError(503, ErrorCode.MODEL_LOADING, f"model {name!r} is still loading", retry_after=2.0)
-        if status.state is ModelState.NO_WORKERS:
+        if status.state is ModelState.NO_WORKERS and not self.scales_from_zero(card.name):
             raise RequestError(503, ErrorCode.NO_WORKERS, f"no live worker serves model {name!r}", retry_after=5.0)
         if status.state is ModelState.FAILED:
             raise RequestError(503, ErrorCode.MODEL_UNAVAILABLE, f"model {name!r} is unavailable: {status.error}")
         return card, status
+
+    def scales_from_zero(self, name: str) -> bool:
+        """Whether work for ``name`` is queued while no worker serves it (an autoscaler will start one)."""
+        return self.settings.scale_from_zero and name in self.settings.models
 
     def check_request_size(self, n_structures: int) -> None:
         limit = self.settings.max_structures_per_request

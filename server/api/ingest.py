@@ -65,12 +65,12 @@ def fixed_atoms(index: int, system: AtomicSystem, indices: Sequence[int] | None)
     """The fixed-atom indices of structure ``index`` as an array, checked against its atom count."""
     if indices is None or len(indices) == 0:
         return None
-    fixed = np.asarray(indices, dtype=np.int64)
-    bad = fixed[(fixed < 0) | (fixed >= system.n_atoms)]
-    if bad.size:
-        problem = f"fixed atom index {int(bad[0])} is out of range for {system.n_atoms} atoms"
+    # checked as Python ints: JSON integers have no size limit, and one beyond int64 would overflow numpy
+    bad = [atom for atom in indices if not 0 <= atom < system.n_atoms]
+    if bad:
+        problem = f"fixed atom index {bad[0]} is out of range for {system.n_atoms} atoms"
         raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, problem)
-    return np.unique(fixed)
+    return np.unique(np.asarray(indices, dtype=np.int64))
 
 
 def check_fixed_count(fixed: Sequence[Any] | None, n_structures: int) -> None:

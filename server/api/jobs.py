@@ -10,6 +10,7 @@ ended. Jobs live in this process's memory: they do not survive a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -17,7 +18,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import anyio
@@ -27,10 +27,14 @@ from ...errors import ErrorCode
 from ...models.cards import ModelCard
 from ..dynamics.options import RelaxOptions
 from ..engine.tasks import Task, TaskResult
+from ..keys import ApiKey, Scope
+from ..logs import JOB_ID
+from ..quotas import JOB_LEASE_SECONDS
 from ..transport.base import BrokerError, ModelStatus, TimedOut
 from .context import AppState
 from .errors import RequestError, StructureError
 from .ingest import RELAX_PROPERTIES, prepare_tasks
+from .observe import utc_iso
 from .render import model_info, result_entry
 from .structures import read_frames
 
@@ -47,6 +51,8 @@ RELAX_CHUNK_STRUCTURES, RELAX_CHUNKS_IN_FLIGHT = 4, 64
 RETRY_FOR = 600.0
 #: First and longest wait between those retries, seconds (a Retry-After from the broker takes precedence).
 RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.5, 15.0
+#: The Retry-After of a job refused because its key has too many unfinished jobs, seconds.
+JOB_RETRY_AFTER = 30.0
 
 
 class JobState(str, enum.Enum):
@@ -90,6 +96,8 @@ class Job:
     ready: int = 0
     #: Whether ``model_info`` names the dtype and device of a worker that evaluated this job's structures.
     worker_known: bool = False
+    #: The name of the API key that made the job (None on a server without keys); only it (or admin) sees it.
+    owner: str | None = None
     runner: asyncio.Task[None] | None = field(default=None, repr=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -107,8 +115,8 @@ class Job:
             "total": self.total,
             "done": self.done,
             "errors": self.errors,
-            "created": _timestamp(self.created),
-            "finished": None if self.finished is None else _timestamp(self.finished),
+            "created": utc_iso(self.created),
+            "finished": None if self.finished is None else utc_iso(self.finished),
             "error": self.error,
             "model_info": self.model_info,
         }
@@ -164,8 +172,11 @@ class JobManager:
         self.state = state
         self.retry_for = retry_for
         self._jobs: dict[str, Job] = {}
+        #: Unfinished jobs holding a slot of their key's ``max_jobs``: job id -> key name.
+        self._slots: dict[str, str] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
-    def create(
+    async def create(
         self,
         card: ModelCard,
         status: ModelStatus,
@@ -174,26 +185,63 @@ class JobManager:
         total: int | None = None,
         relax: RelaxOptions | None = None,
         fixed: Sequence[Sequence[int] | None] | None = None,
+        key: ApiKey | None = None,
     ) -> Job:
         """Start a job on the structures that ``load`` returns (awaited by the runner, so it may decode a file).
 
         With ``relax``, the job relaxes them (``fixed``: each structure's fixed atoms) instead of evaluating them.
+        The job belongs to ``key``, and takes one of its ``max_jobs`` slots (429 ``too_many_jobs`` when none is free).
         """
         self.forget_expired()
         properties = RELAX_PROPERTIES if relax is not None else properties
         job = Job(id=uuid.uuid4().hex, model=card.name, properties=properties, total=total, relax=relax, fixed=fixed)
+        job.owner = None if key is None else key.name
+        if key is not None and key.max_jobs is not None:
+            await self._take_slot(job, key)
         job.model_info = model_info(card, status)
         self._jobs[job.id] = job
         job.runner = asyncio.create_task(self._run(job, card, status, load), name=f"mlipserve-job-{job.id}")
+        if job.id in self._slots:  # freed however the runner ends, even cancelled before it started
+            job.runner.add_done_callback(lambda _: asyncio.ensure_future(self._free_slot(job.id)))
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, key: ApiKey | None = None) -> Job:
+        """The job, when ``key`` may see it: its own, or any with scope admin (404 otherwise, as for no job)."""
         self.forget_expired()
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or (key is not None and job.owner != key.name and not key.allows(Scope.ADMIN)):
             message = f"no job {job_id!r} on this server (finished jobs are kept for a limited time)"
             raise RequestError(404, ErrorCode.UNKNOWN_JOB, message)
         return job
+
+    async def _take_slot(self, job: Job, key: ApiKey) -> None:
+        assert key.max_jobs is not None
+        if not await self.state.auth.quotas.start_job(key.name, job.id, key.max_jobs):
+            message = (
+                f"the key {key.name!r} has {key.max_jobs} unfinished job(s), its limit: wait for one to end or "
+                "cancel one (DELETE /v1/jobs/{id})"
+            )
+            raise RequestError(429, ErrorCode.TOO_MANY_JOBS, message, retry_after=JOB_RETRY_AFTER)
+        self._slots[job.id] = key.name
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_slots(), name="mlipserve-job-slots")
+
+    async def _free_slot(self, job_id: str) -> None:
+        name = self._slots.pop(job_id, None)
+        if name is not None:
+            with contextlib.suppress(BrokerError):  # Redis away: the slot's lease runs out by itself
+                await self.state.auth.quotas.end_job(name, job_id)
+
+    async def _renew_slots(self) -> None:
+        """Renew the leases of this replica's job slots until none is held."""
+        while self._slots:
+            await asyncio.sleep(JOB_LEASE_SECONDS / 3)
+            by_key: dict[str, list[str]] = {}
+            for job_id, name in self._slots.items():
+                by_key.setdefault(name, []).append(job_id)
+            for name, job_ids in by_key.items():
+                with contextlib.suppress(BrokerError):
+                    await self.state.auth.quotas.renew_jobs(name, job_ids)
 
     def cancel(self, job: Job) -> None:
         """Stop submitting the job's structures; chunks already submitted may still run on the workers."""
@@ -204,12 +252,24 @@ class JobManager:
             job.runner.cancel()
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Cancel every running job (at shutdown)."""
+        """Cancel every running job (at shutdown) and free their slots."""
         runners = [job.runner for job in self._jobs.values() if not job.final and job.runner is not None]
         for job in list(self._jobs.values()):
             self.cancel(job)
         if runners:
             await asyncio.wait(runners, timeout=timeout)
+        for job_id in list(self._slots):
+            await self._free_slot(job_id)
+        if self._renewer is not None:
+            self._renewer.cancel()
+
+    def recent(self, limit: int = 50) -> list[Job]:
+        """The jobs held, newest first, at most ``limit``."""
+        return sorted(self._jobs.values(), key=lambda job: job.created, reverse=True)[:limit]
+
+    def states(self) -> list[str]:
+        """The state of every job held."""
+        return [job.state.value for job in self._jobs.values()]
 
     def forget_expired(self) -> None:
         cutoff = time.time() - self.state.settings.job_ttl
@@ -220,6 +280,7 @@ class JobManager:
     async def _run(
         self, job: Job, card: ModelCard, status: ModelStatus, load: Callable[[], Awaitable[Sequence[Any]]]
     ) -> None:
+        JOB_ID.set(job.id)  # this runner's own context: its log lines name the job
         in_flight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
         slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT if job.relax is None else RELAX_CHUNKS_IN_FLIGHT)
@@ -320,7 +381,7 @@ class JobManager:
         delay = RETRY_FIRST_DELAY
         while True:
             try:
-                return await self.state.broker.submit(tasks)
+                return await self.state.submit(tasks)
             except BrokerError as error:
                 wait = min(error.retry_after or delay, RETRY_MAX_DELAY)
                 waited = time.monotonic() - started
@@ -333,10 +394,6 @@ class JobManager:
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, RETRY_MAX_DELAY)
                 tasks = [dataclasses.replace(task, id=uuid.uuid4().hex) for task in tasks]
-
-
-def _timestamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def read_extxyz_frames(text: str, limit: int) -> list[dict[str, Any]]:

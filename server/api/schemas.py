@@ -199,5 +199,8 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-#: The error answers a route may give, for the OpenAPI document.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
+#: The error answers a route that takes a body may give, for the OpenAPI document (400: a body that could not be
+#: read at all, such as one that is not UTF-8).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 404, 413, 422, 503)
+}

@@ -52,8 +52,8 @@ def _from_arrays(index: int, data: dict[str, Any]) -> AtomicSystem:
     if pbc is None:
         pbc = np.full(3, bool(np.any(cell)))
     else:
-        pbc = np.asarray(pbc)
-        if pbc.shape not in ((), (3,)) or pbc.dtype != bool:
+        pbc = np.asarray(pbc) if _is_array(pbc) else None
+        if pbc is None or pbc.shape not in ((), (3,)) or pbc.dtype != bool:
             raise StructureError(
                 index, ErrorCode.MALFORMED_STRUCTURE, "'pbc' must be a boolean or a list of 3 booleans"
             )
@@ -83,12 +83,9 @@ def _numbers_from_symbols(index: int, symbols: Any) -> np.ndarray:
 
 
 def _float_array(index: int, name: str, values: Any, shape: tuple[int, int]) -> np.ndarray:
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise StructureError(
-            index, ErrorCode.MALFORMED_STRUCTURE, f"'{name}' must be numbers of shape {shape}"
-        ) from None
+    array = _numeric_array(values)
+    if array is None:
+        raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, f"'{name}' must be numbers of shape {shape}")
     if array.shape != shape and not (array.size == 0 and shape[0] == 0):
         raise StructureError(
             index, ErrorCode.MALFORMED_STRUCTURE, f"'{name}' has shape {list(array.shape)}, expected {list(shape)}"
@@ -97,7 +94,7 @@ def _float_array(index: int, name: str, values: Any, shape: tuple[int, int]) -> 
 
 
 def _cell(index: int, values: Any) -> np.ndarray:
-    cell = np.asarray(values, dtype=np.float64) if _is_numeric(values) else None
+    cell = _numeric_array(values)
     if cell is not None and cell.shape == (3,):
         cell = np.diag(cell)
     if cell is None or cell.shape != (3, 3):
@@ -107,10 +104,34 @@ def _cell(index: int, values: Any) -> np.ndarray:
     return cell
 
 
-def _is_numeric(values: Any) -> bool:
+def _numeric_array(values: Any) -> np.ndarray | None:
+    """``values`` as a float array, or None unless they are nested lists of numbers (JSON ints or floats).
+
+    numpy alone would take the strings "1.5" and the booleans true/false as numbers, and raise OverflowError on an
+    integer beyond a float's range (JSON allows 1 followed by 400 zeros); all of those are malformed here.
+    """
+    if not _is_array(values):
+        return None
+    array = np.asarray(values)
+    if array.dtype.kind not in "iuf" and not (array.dtype.kind == "O" and _all_numbers(array)):
+        return None
     try:
-        np.asarray(values, dtype=np.float64)
-    except (ValueError, TypeError):
+        with np.errstate(over="ignore"):
+            return array.astype(np.float64)
+    except (OverflowError, ValueError, TypeError):
+        return None
+
+
+def _all_numbers(array: np.ndarray) -> bool:
+    """Whether an object array holds ints and floats only (numpy makes one of integers beyond 64 bits)."""
+    return all(isinstance(value, int | float) and not isinstance(value, bool) for value in array.flat)
+
+
+def _is_array(values: Any) -> bool:
+    """Whether numpy makes a regular (non-ragged) array of ``values`` without an error."""
+    try:
+        np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
         return False
     return True
 
@@ -119,23 +140,30 @@ def _from_pymatgen(index: int, data: dict[str, Any]) -> AtomicSystem:
     from pymatgen.core import Molecule, Structure
 
     periodic = "lattice" in data
+    # pymatgen checks little in from_dict: a bad site or lattice may only fail when its coordinates, species or
+    # matrix are read, so everything read from the object is read here.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = Structure.from_dict(data) if periodic else Molecule.from_dict(data)
+            ordered = obj.is_ordered
+            numbers = [site.specie.Z for site in obj] if ordered else []
+            positions = obj.cart_coords
+            cell = obj.lattice.matrix if isinstance(obj, Structure) else None
     except Exception as error:  # pymatgen raises many types for bad dicts
         raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, f"not a valid pymatgen as_dict(): {error}") from None
-    if not obj.is_ordered:
+    if not ordered:
         raise StructureError(index, ErrorCode.MALFORMED_STRUCTURE, "partial occupancies are not supported")
-    numbers = np.array([site.specie.Z for site in obj], dtype=np.int64)
-    if isinstance(obj, Structure):
-        return AtomicSystem.from_arrays(numbers, obj.cart_coords, obj.lattice.matrix, [True, True, True])
-    return AtomicSystem.from_arrays(numbers, obj.cart_coords, None, [False, False, False])
+    numbers_array = _numbers(index, numbers)
+    positions = _float_array(index, "sites", positions, (len(numbers), 3))
+    if periodic:
+        return AtomicSystem.from_arrays(numbers_array, positions, _cell(index, cell), [True, True, True])
+    return AtomicSystem.from_arrays(numbers_array, positions, None, [False, False, False])
 
 
 def _from_text(index: int, data: dict[str, Any]) -> AtomicSystem:
     name, text = data.get("format"), data.get("text")
-    if name not in TEXT_FORMATS:
+    if not isinstance(name, str) or name not in TEXT_FORMATS:  # a list or object is no format (and unhashable)
         raise StructureError(
             index,
             ErrorCode.MALFORMED_STRUCTURE,
@@ -161,6 +189,8 @@ def read_frames(text: str, name: str) -> list[Any]:
     """
     from ase.io import read
 
+    if TEXT_FORMATS[name] == "extxyz":
+        _check_xyz_atom_counts(text)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -168,6 +198,27 @@ def read_frames(text: str, name: str) -> list[Any]:
     except Exception as error:
         raise ValueError(str(error) or f"{type(error).__name__} in ase's {TEXT_FORMATS[name]} reader") from None
     return frames if isinstance(frames, list) else [frames]
+
+
+def _check_xyz_atom_counts(text: str) -> None:
+    """Raise ValueError when a frame of (ext)xyz ``text`` declares more atoms than the text has lines left.
+
+    ase's reader skips a frame's lines one by one, so a count line of 10^11 in a small text would keep it busy
+    for minutes; this walk over the frames' count lines costs one pass over the text. Frames end, as in ase, at
+    the first blank line where a count is expected; a count line that is no integer is left for ase to refuse.
+    """
+    lines = text.splitlines()
+    start = 0
+    while start < len(lines) and lines[start].strip():
+        try:
+            n_atoms = int(lines[start])
+        except ValueError:
+            return
+        if n_atoms < 0 or start + 2 + n_atoms > len(lines):
+            raise ValueError(
+                f"line {start + 1} declares {n_atoms} atoms, but the text has {len(lines) - start - 2} lines for them"
+            )
+        start += 2 + n_atoms
 
 
 def extxyz_first_frame_problem(text: str) -> str | None:

@@ -12,6 +12,10 @@ from ...models.system import AtomicSystem
 from ..config import StructureLimits
 from .errors import StructureError
 
+#: Positions and cell entries beyond this (Å) are refused like infinite ones: no structure needs them, and model
+#: neighbour lists size their cell grids by them.
+MAX_COORDINATE = 1e5
+
 
 def validate_structure(index: int, system: AtomicSystem, card: ModelCard, limits: StructureLimits) -> None:
     """Raise :class:`StructureError` naming the first problem found with structure ``index``.
@@ -32,6 +36,12 @@ def validate_structure(index: int, system: AtomicSystem, card: ModelCard, limits
         raise StructureError(index, ErrorCode.NON_FINITE, f"position of atom {atom} is NaN or infinite")
     if not np.isfinite(system.cell).all():
         raise StructureError(index, ErrorCode.NON_FINITE, "cell has NaN or infinite entries")
+    # Finite is not enough: SevenNet's neighbour list kills the whole process (SIGFPE) on two atoms 1e6 Å apart.
+    if (np.abs(system.positions) > MAX_COORDINATE).any():
+        atom = int(np.argwhere(np.abs(system.positions) > MAX_COORDINATE)[0, 0])
+        raise StructureError(index, ErrorCode.NON_FINITE, f"position of atom {atom} is beyond ±{MAX_COORDINATE:g} Å")
+    if (np.abs(system.cell) > MAX_COORDINATE).any():
+        raise StructureError(index, ErrorCode.NON_FINITE, f"cell has entries beyond ±{MAX_COORDINATE:g} Å")
     if system.is_periodic and system.volume < limits.min_volume:
         raise StructureError(
             index,
@@ -42,7 +52,43 @@ def validate_structure(index: int, system: AtomicSystem, card: ModelCard, limits
         check_elements(card.name, system.numbers, card.atomic_numbers)
     except StructureRejected as rejection:
         raise StructureError(index, rejection.code, rejection.message) from None
+    _check_plane_spacing(index, system, limits.min_distance)
     _check_overlaps(index, system, limits.min_distance)
+
+
+def _check_plane_spacing(index: int, system: AtomicSystem, min_distance: float) -> None:
+    """Refuse a cell whose lattice planes along a periodic direction are closer than ``min_distance``.
+
+    A cell vector that short puts every atom too close to its image. Otherwise the cell is singular: one of, say,
+    1e6 × 1e6 × 1e-9 Å has an ordinary volume, but a neighbour list over it would visit min_distance / spacing
+    periodic images along that direction: billions, for minutes of CPU time here and on the worker. Usable planes
+    need at most three images per direction for the overlap check.
+    """
+    if not system.is_periodic:
+        return
+    for axis in np.flatnonzero(system.pbc):
+        length = float(np.linalg.norm(system.cell[axis]))
+        if length < min_distance:  # the plainest case, named as the neighbour list would name it
+            raise StructureError(
+                index,
+                ErrorCode.ATOMS_TOO_CLOSE,
+                f"atom 0 and its periodic image are {length:.3f} Å apart, closer than the {min_distance} Å threshold",
+            )
+    # Spacings scale with the cell: computed on the cell scaled to entries of at most 1, they cannot overflow.
+    scale = float(np.abs(system.cell).max())
+    cell = system.cell / scale
+    volume = abs(np.linalg.det(cell))
+    for axis in np.flatnonzero(system.pbc):
+        face = float(np.linalg.norm(np.cross(cell[(axis + 1) % 3], cell[(axis + 2) % 3])))
+        with np.errstate(over="ignore"):
+            spacing = scale * volume / face if face > 0 else 0.0
+        if spacing < min_distance:
+            raise StructureError(
+                index,
+                ErrorCode.SINGULAR_CELL,
+                f"cell is degenerate: its lattice planes along cell vector {axis} are {spacing:.3g} Å apart, "
+                f"closer than the {min_distance} Å threshold",
+            )
 
 
 def _check_overlaps(index: int, system: AtomicSystem, min_distance: float) -> None:

@@ -105,10 +105,18 @@ class AtomBudgetBatcher:
             remaining = deadline - time.monotonic()
             if (full[False] and full[True]) or len(batch) >= policy.max_structures or remaining <= 0:
                 return batch
-            fetched = self.source.fetch(min(self._fetch_count, policy.max_structures - len(batch)), remaining)
+            # Never hold more than a fetch's worth unbatched: tasks waiting here are tasks other workers cannot take.
+            wanted = min(self._fetch_count - len(self._carry), policy.max_structures - len(batch))
+            if wanted <= 0:
+                return batch
+            fetched = self.source.fetch(wanted, remaining)
             if not fetched:
                 return batch
             self._carry.extend(fetched)
+
+    def __len__(self) -> int:
+        """Tasks fetched and not yet batched."""
+        return len(self._carry)
 
     def drain(self) -> list[Task]:
         """Hand back the tasks fetched but not yet batched."""

@@ -9,6 +9,9 @@ the outputs into finished results, which go back through the source.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ...errors import ErrorCode
 from ...models.potential import Potential
@@ -18,16 +21,39 @@ from .scheduler import Scheduler
 from .tasks import TaskResult
 
 
-class Worker:
-    """Evaluates batches of tasks from ``source`` with one :class:`Potential`; relaxes structures in flight."""
+@dataclass(frozen=True)
+class RoundStats:
+    """What one round evaluated, how long the model took, and what it finished."""
 
-    def __init__(self, potential: Potential, source: TaskSource, policy: BatchPolicy | None = None):
+    structures: int
+    atoms: int
+    seconds: float
+    finished: int
+    #: Optimizer steps of the relaxations that ended this round.
+    relax_steps: int
+
+
+class Worker:
+    """Evaluates batches of tasks from ``source`` with one :class:`Potential`; relaxes structures in flight.
+
+    ``observe``, when given, is called with each round's :class:`RoundStats` (a worker's metrics).
+    """
+
+    def __init__(
+        self,
+        potential: Potential,
+        source: TaskSource,
+        policy: BatchPolicy | None = None,
+        observe: Callable[[RoundStats], None] | None = None,
+    ):
         self.source = source
         self.executor = Executor(potential)
         batcher = AtomBudgetBatcher(source, (policy or BatchPolicy()).for_device(potential.device.type))
         self.scheduler = Scheduler(batcher, self.executor.rejects)
+        self.observe = observe
         self.batches_run = 0
         self.structures_run = 0
+        self.tasks_finished = 0
 
     @property
     def info(self) -> dict[str, str]:
@@ -47,11 +73,27 @@ class Worker:
         work = self.scheduler.schedule()
         if work is None:
             return 0
+        started = time.perf_counter()
         outputs = self.executor.execute(work.evaluations)
-        self._deliver(self.scheduler.update(work, outputs))
+        seconds = time.perf_counter() - started
+        finished = self.scheduler.update(work, outputs)
+        self._deliver(finished)
         self.batches_run += 1
         self.structures_run += len(work.evaluations)
+        if self.observe is not None:
+            atoms = sum(evaluation.system.n_atoms for evaluation in work.evaluations)
+            steps = sum(result.relaxation.steps for result in finished if result.relaxation is not None)
+            self.observe(RoundStats(len(work.evaluations), atoms, seconds, len(finished), steps))
         return len(work.evaluations)
+
+    @property
+    def holding(self) -> int:
+        """Tasks taken from the source and not yet finished."""
+        return self.scheduler.holding
+
+    def release(self) -> list[str]:
+        """Forget every task held (fetched or in flight) and return their ids, for the source to take back."""
+        return self.scheduler.drain()
 
     def fail_pending(self, message: str) -> None:
         """Answer every task this worker holds or could fetch with an error, so no request waits forever."""
@@ -65,3 +107,4 @@ class Worker:
             result.worker = self.info
         if results:
             self.source.deliver(results)
+            self.tasks_finished += len(results)

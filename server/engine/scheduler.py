@@ -55,6 +55,11 @@ class Scheduler:
         return sum(len(group) for group in self.relaxations.values())
 
     @property
+    def holding(self) -> int:
+        """Tasks taken from the source and not yet finished: fetched, or being relaxed."""
+        return len(self.batcher) + self.relaxing
+
+    @property
     def relaxing_atoms(self) -> int:
         return sum(group.n_atoms for group in self.relaxations.values())
 

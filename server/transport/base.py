@@ -107,8 +107,12 @@ class ModelStatus:
 
     state: ModelState
     error: str | None = None
-    #: One entry per worker: ``device``, ``dtype`` and, for remote workers, ``host``, ``id``.
+    #: One entry per worker: ``device``, ``dtype`` and, for remote workers, ``host``, ``id``, ``heartbeat_age_s``
+    #: and ``draining``.
     workers: list[dict[str, Any]] = field(default_factory=list)
+    #: Tasks waiting for a worker, and tasks a worker holds but has not finished (None: not read, or unknown).
+    queued: int | None = None
+    pending: int | None = None
 
 
 class ModelDirectory(Protocol):
@@ -118,4 +122,4 @@ class ModelDirectory(Protocol):
         """The model's status, or None when this server does not serve it."""
 
     async def statuses(self) -> dict[str, ModelStatus]:
-        """Every served model's status."""
+        """Every served model's status, with its queue depth."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,6 +121,7 @@ class EmbeddedModelHost:
         self.policy = policy
         self.torch_threads = torch_threads
         self.models = {name: HostedModel(name) for name in models}
+        self.hostname = socket.gethostname()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -169,8 +171,15 @@ class EmbeddedModelHost:
         hosted = self.models.get(name)
         if hosted is None:
             return None
-        workers = [hosted.worker.info] if hosted.worker else []
-        return ModelStatus(state=hosted.state, error=hosted.error, workers=workers)
+        worker = hosted.worker
+        workers = [{"id": f"embedded-{name}", "host": self.hostname, **worker.info}] if worker else []
+        return ModelStatus(
+            state=hosted.state,
+            error=hosted.error,
+            workers=workers,
+            queued=self.broker.source(name).queue.qsize(),
+            pending=worker.scheduler.holding if worker else 0,
+        )
 
     async def statuses(self) -> dict[str, ModelStatus]:
         return {name: status for name in self.models if (status := await self.status(name))}

@@ -30,6 +30,6 @@ async def answer(
     prepare = partial(prepare_tasks, limits=state.settings.limits, relax=relax, fixed=fixed)
     prepared = await anyio.to_thread.run_sync(prepare, structures, card, properties)
     check_request_atoms(prepared, state.settings.max_atoms_per_request)
-    results = await state.broker.submit(tasks_of(prepared))
+    results = await state.submit(tasks_of(prepared))
     entries = response_entries(prepared, results, properties)
     return JSONBody({"model": model_info(card, status, results), "results": entries})

@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 
 from ....errors import ErrorCode
 from ...dynamics.options import RelaxOptions
+from ..auth import RequestKey
 from ..context import AppState
 from ..errors import RequestError
 from ..ingest import check_fixed_count, check_structure_count
@@ -39,6 +40,10 @@ JOB_REQUEST_BODY = {
         },
     },
 }
+
+
+#: What the routes of one job answer besides 200: their errors all have the API's error body.
+JOB_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 
 
 class JobCreated(BaseModel):
@@ -69,7 +74,7 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
         responses={202: {"model": JobCreated}, **ERROR_RESPONSES},
         openapi_extra={"requestBody": JOB_REQUEST_BODY},
     )
-    async def submit_job(request: Request) -> JSONResponse:
+    async def submit_job(request: Request, key: RequestKey) -> JSONResponse:
         """Start a job on a large set of structures; answers 202 at once, before any structure is decoded.
 
         The body is /v1/predict's JSON (with a `relax` block of /v1/relax's options, and optionally `fixed`, the
@@ -85,7 +90,7 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
             async def load() -> Sequence[Any]:
                 return await anyio.to_thread.run_sync(read_extxyz_frames, text, limit)
 
-            job = jobs.create(card, status, properties, load, relax=relax)
+            job = await jobs.create(card, status, properties, load, relax=relax, key=key)
         else:
             body = await _read_json(request)
             card, status = await state.serving_card(body.model)
@@ -98,14 +103,16 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
 
             properties = tuple(dict.fromkeys(body.properties))
             relax = body.relax.options() if body.relax is not None else None
-            job = jobs.create(card, status, properties, load, total=len(structures), relax=relax, fixed=body.fixed)
+            job = await jobs.create(
+                card, status, properties, load, total=len(structures), relax=relax, fixed=body.fixed, key=key
+            )
         created = {key: job.status()[key] for key in ("id", "state", "model", "total")}
         return JSONResponse(created, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
-    @router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorResponse}})
-    async def job_status(job_id: str) -> dict[str, Any]:
+    @router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=JOB_ERRORS)
+    async def job_status(job_id: str, key: RequestKey) -> dict[str, Any]:
         """A job's state and progress."""
-        return jobs.get(job_id).status()
+        return jobs.get(job_id, key).status()
 
     @router.get(
         "/v1/jobs/{job_id}/results",
@@ -116,20 +123,22 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
                 "description": 'One line per structure in input order: {"index": i, ...} with the entry '
                 "/v1/predict would give as results[i]. Streams while the job runs; ends when it has ended.",
             },
-            404: {"model": ErrorResponse},
+            **JOB_ERRORS,
         },
     )
     async def job_results(
-        job_id: str, start: int = Query(0, ge=0, description="First index to send (to resume a broken stream).")
+        job_id: str,
+        key: RequestKey,
+        start: int = Query(0, ge=0, description="First index to send (to resume a broken stream)."),
     ) -> StreamingResponse:
         """The job's result entries, in input order, as NDJSON; for a cancelled or failed job, the finished prefix."""
-        job: Job = jobs.get(job_id)
+        job: Job = jobs.get(job_id, key)
         return StreamingResponse(job.stream(start), media_type="application/x-ndjson")
 
-    @router.delete("/v1/jobs/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorResponse}})
-    async def cancel_job(job_id: str) -> dict[str, Any]:
+    @router.delete("/v1/jobs/{job_id}", response_model=JobStatus, responses=JOB_ERRORS)
+    async def cancel_job(job_id: str, key: RequestKey) -> dict[str, Any]:
         """Cancel a job: structures not yet submitted never will be. Answers the job's status."""
-        job = jobs.get(job_id)
+        job = jobs.get(job_id, key)
         jobs.cancel(job)
         return job.status()
 

@@ -21,7 +21,7 @@ def create_router(state: AppState) -> APIRouter:
         statuses = await state.directory.statuses()
         models = []
         for card in state.registry.cards():
-            entry = card.summary()
+            entry = state.registry.summary(card)
             status = statuses.get(card.name)
             entry["served"] = status is not None
             if status is not None:

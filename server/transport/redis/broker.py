@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -26,10 +25,14 @@ from ...engine.tasks import Task
 from ..base import Broker, ModelState, ModelStatus, Unavailable
 from . import layout
 from .codec import decode_result, encode_task
+from .fleet import read_queues, read_workers, task_models
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: First and longest wait between attempts to read results again while Redis is unreachable, seconds. Short: work
+#: submitted once Redis is back waits for this reader, and one attempt a second costs Redis nothing.
+READ_RETRY_FIRST_DELAY, READ_RETRY_MAX_DELAY = 0.2, 1.0
 
 
 def redis_unavailable(error: Exception) -> Unavailable:
@@ -103,18 +106,18 @@ class RedisBroker(Broker):
     async def _read_results(self) -> None:
         """Resolve waiting requests from this server's result stream; on connection loss, fail them (503)."""
         last_id = "0-0"
-        backoff = 0.2
+        backoff = READ_RETRY_FIRST_DELAY
         while not self._closing:
             try:
                 reply = await self.redis.xread({self.replies: last_id}, count=1024, block=1000)
-                backoff = 0.2
+                backoff = READ_RETRY_FIRST_DELAY
             except asyncio.CancelledError:
                 raise
             except UNAVAILABLE as error:
                 self._groups.clear()  # a restarted Redis has lost them
                 self._fail_waiting(redis_unavailable(error))
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, READ_RETRY_MAX_DELAY)
                 continue
             done = []
             for _, entries in reply or []:
@@ -143,15 +146,10 @@ class RedisWorkerDirectory:
         if not fresh and self._cache and time.monotonic() - self._cache[0] < self.cache_seconds:
             return self._cache[1]
         try:
-            keys = [key async for key in self.redis.scan_iter(match=layout.heartbeat_pattern(), count=500)]
-            beats = await self.redis.mget(keys) if keys else []
+            workers = await read_workers(self.redis)
         except UNAVAILABLE as error:
             self._cache = None
             raise redis_unavailable(error) from None
-        workers: dict[str, list[dict]] = {}
-        for key, beat in zip(keys, beats, strict=True):
-            if beat is not None:
-                workers.setdefault(layout.model_of_heartbeat(key.decode()), []).append(json.loads(beat))
         self._cache = (time.monotonic(), workers)
         return workers
 
@@ -160,11 +158,22 @@ class RedisWorkerDirectory:
         return _status((await self._workers()).get(name, []))
 
     async def statuses(self) -> dict[str, ModelStatus]:
-        """Every model with a live worker or expected by the server, read afresh."""
+        """Every model expected, served by a live worker or with unfinished work, read afresh, with its queue."""
         workers = await self._workers(fresh=True)
-        return {name: _status(workers.get(name, [])) for name in dict.fromkeys([*self.expected, *workers])}
+        try:
+            names = list(dict.fromkeys([*self.expected, *workers, *await task_models(self.redis)]))
+            depths = await read_queues(self.redis, names)
+        except UNAVAILABLE as error:
+            raise redis_unavailable(error) from None
+        statuses = {}
+        for name in names:
+            depth = depths[name]
+            if name in self.expected or name in workers or depth.queued or depth.pending:
+                status = _status(workers.get(name, []))
+                status.queued, status.pending = depth.queued, depth.pending
+                statuses[name] = status
+        return statuses
 
 
 def _status(workers: list[dict]) -> ModelStatus:
-    summary = [{key: worker.get(key) for key in ("id", "host", "device", "dtype", "version")} for worker in workers]
-    return ModelStatus(state=ModelState.READY if workers else ModelState.NO_WORKERS, workers=summary)
+    return ModelStatus(state=ModelState.READY if workers else ModelState.NO_WORKERS, workers=workers)

@@ -1,13 +1,22 @@
 """A standalone worker: takes tasks for one model from Redis, runs them in batches, writes results, then acks.
 
 The worker needs mlipserve's core, redis-py and its own model family's package, nothing of the HTTP server, so it
-can run in another virtualenv or container than the server. Tasks held by a worker that dies are reclaimed by the
-others (XAUTOCLAIM) once idle for ``claim_idle`` seconds; a task delivered more than ``max_deliveries`` times goes to
-the dead-letter stream and its request gets an error result.
+can run in another virtualenv or container than the server. How it reads the stream, and what it does with tasks
+of dead workers, is :mod:`.source`.
+
+SIGTERM (or SIGINT) drains the worker: it stops fetching, finishes the tasks it holds for up to
+``drain_timeout`` seconds, puts the rest back on the stream (re-added and acknowledged in one transaction, so
+another worker takes them at once and none is lost or answered twice), leaves the consumer group and exits.
+A second signal cuts the drain short: what is unfinished is handed back at once.
+
+When Redis goes away (a restart, a crash), the worker keeps every task it took: a batch being formed is still
+evaluated, and results it cannot deliver are kept and delivered first once Redis answers again, so that with a
+persistent Redis (append-only file) the tasks held at the outage are acknowledged by this worker and not run again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,143 +31,24 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .... import __version__
-from ....errors import ErrorCode
 from ....models.loading import load_model
 from ....models.registry import ModelRegistry
 from ...config import RedisWorkerSettings
 from ...engine.loop import Worker
-from ...engine.tasks import Task, TaskResult
 from ...engine.tuning import tune_process
 from . import layout
-from .codec import decode_task, encode_result
+from .monitor import ProbeServer, WorkerMetrics
+from .source import UNREACHABLE, RedisTaskSource
 
 log = logging.getLogger(__name__)
 
-#: Seconds below which a blocking read is not trusted to time out on time (Redis's default cron runs at 10 Hz).
-SHORTEST_REDIS_BLOCK = 0.1
-
-
-class RedisTaskSource:
-    """A model's task stream, read through the consumer group (a :class:`~.batching.TaskSource`)."""
-
-    def __init__(self, client: redis.Redis, settings: RedisWorkerSettings, consumer: str):
-        self.redis = client
-        self.settings = settings
-        self.consumer = consumer
-        self.stream = layout.task_stream(settings.model)
-        #: Tasks fetched and not yet acknowledged: task id -> (stream entry id, reply stream).
-        self.held: dict[str, tuple[bytes, str]] = {}
-        self._lock = threading.Lock()
-        self._next_claim = 0.0
-
-    def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.stream, layout.GROUP, id="0", mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
-
-    def fetch(self, max_tasks: int, timeout: float) -> list[Task]:
-        try:
-            tasks = self._reclaim(max_tasks)
-            if not tasks:
-                tasks = self._read_new(max_tasks, timeout)
-            return [task for task in tasks if task is not None]
-        except redis.ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            log.warning("task stream %s has no consumer group (Redis restarted?); recreating it", self.stream)
-            self.ensure_group()
-            return []
-
-    def _read_new(self, max_tasks: int, timeout: float) -> list[Task | None]:
-        """Up to ``max_tasks`` new tasks, waiting at most ``timeout`` s for the first.
-
-        Redis wakes a blocked reader as soon as a task arrives, but times a BLOCK out only on its server cron
-        (10 Hz by default), so a short wait (a batch's few milliseconds) is slept here and the read does not block.
-        """
-        block: int | None = int(timeout * 1000)
-        if timeout < SHORTEST_REDIS_BLOCK:
-            time.sleep(max(timeout, 0.0))
-            block = None
-        reply = self.redis.xreadgroup(layout.GROUP, self.consumer, {self.stream: ">"}, count=max_tasks, block=block)
-        return [self._accept(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
-
-    def _reclaim(self, max_tasks: int) -> list[Task | None]:
-        """Take over tasks left idle by dead workers; dead-letter those delivered too often."""
-        now = time.monotonic()
-        if now < self._next_claim:
-            return []
-        self._next_claim = now + min(self.settings.claim_idle / 2, 5.0)
-        idle_ms = int(self.settings.claim_idle * 1000)
-        _, claimed, _ = self.redis.xautoclaim(
-            self.stream, layout.GROUP, self.consumer, min_idle_time=idle_ms, start_id="0-0", count=max_tasks
-        )
-        if not claimed:
-            return []
-        pending = self.redis.xpending_range(
-            self.stream, layout.GROUP, min=claimed[0][0], max=claimed[-1][0], count=len(claimed) + 100
-        )
-        deliveries = {entry["message_id"]: entry["times_delivered"] for entry in pending}
-        tasks = []
-        for entry_id, fields in claimed:
-            if deliveries.get(entry_id, 1) > self.settings.max_deliveries:
-                self._dead_letter(entry_id, fields, deliveries[entry_id])
-            else:
-                log.warning("reclaimed task %s from a worker that stopped answering", entry_id)
-                tasks.append(self._accept(entry_id, fields))
-        return tasks
-
-    def _accept(self, entry_id: bytes, fields: dict) -> Task | None:
-        if fields is None or b"m" not in fields:  # deleted meanwhile
-            self.redis.xack(self.stream, layout.GROUP, entry_id)
-            return None
-        task, reply_to = decode_task(fields[b"m"])
-        with self._lock:
-            self.held[task.id] = (entry_id, reply_to)
-        return task
-
-    def _dead_letter(self, entry_id: bytes, fields: dict, deliveries: int) -> None:
-        task, reply_to = decode_task(fields[b"m"])
-        reason = f"the task was given to a worker {deliveries} times and no worker finished it (workers crashed)"
-        log.error("dead-lettering task %s: %s", task.id, reason)
-        result = TaskResult.failure(task.id, ErrorCode.WORKER_CRASHED, reason)
-        pipe = self.redis.pipeline()
-        pipe.xadd(layout.dead_letter_stream(self.settings.model), {"m": fields[b"m"], "reason": reason})
-        self._queue_reply(pipe, reply_to, result)
-        pipe.xack(self.stream, layout.GROUP, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        pipe.execute()
-
-    def deliver(self, results: list[TaskResult]) -> None:
-        """Write the results to their reply streams, then ack and delete the tasks, in one transaction."""
-        if not results:
-            return
-        pipe = self.redis.pipeline()
-        entry_ids = []
-        with self._lock:
-            for result in results:
-                entry_id, reply_to = self.held.pop(result.task_id)
-                entry_ids.append(entry_id)
-                self._queue_reply(pipe, reply_to, result)
-        pipe.xack(self.stream, layout.GROUP, *entry_ids)
-        pipe.xdel(self.stream, *entry_ids)
-        pipe.execute()
-
-    def _queue_reply(self, pipe: redis.client.Pipeline, reply_to: str, result: TaskResult) -> None:
-        pipe.xadd(reply_to, {"m": encode_result(result)})
-        pipe.expire(reply_to, int(self.settings.result_ttl))
-
-    def keep_alive(self) -> None:
-        """Reset the idle time of held tasks, so a long batch is not taken for a dead worker's."""
-        with self._lock:
-            entry_ids = [entry_id for entry_id, _ in self.held.values()]
-        if entry_ids:
-            self.redis.xclaim(self.stream, layout.GROUP, self.consumer, 0, entry_ids, justid=True)
+#: First and longest wait between attempts to reach Redis again, seconds: short, so that a worker is back at work
+#: soon after Redis is, and a connection attempt a second or two costs Redis nothing.
+RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY = 0.25, 2.0
 
 
 class RedisWorker:
-    """One worker process: load the model, announce it, serve batches until stopped."""
+    """One worker process: load the model, announce it, serve batches until stopped, then drain."""
 
     def __init__(self, settings: RedisWorkerSettings, registry: ModelRegistry):
         self.settings = settings
@@ -171,16 +61,41 @@ class RedisWorker:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
+        self.metrics = WorkerMetrics()
+        #: Set by the first SIGTERM/SIGINT: stop taking work and drain.
         self.stop = threading.Event()
+        #: Set by a second signal: end the drain now.
+        self.hurry = threading.Event()
+        #: Set once drained: the heartbeat stops.
+        self.done = threading.Event()
+        self.loaded = False
+        self.draining = False
+        self.announcement: dict[str, object] = {"id": self.id, "model": settings.model}
 
-    def run(self) -> None:
+    def signal(self) -> None:
+        """A stop signal: the first drains, a second cuts the drain short."""
+        if self.stop.is_set():
+            log.warning("second stop signal: handing back what is unfinished now")
+            self.hurry.set()
+        self.stop.set()
+
+    def run(self) -> int:
+        """Serve until stopped; return the exit status (0: drained cleanly)."""
+        probes = self._start_probes()
+        try:
+            return self._run()
+        finally:
+            if probes is not None:
+                probes.stop()
+
+    def _run(self) -> int:
         tune_process(self.settings.torch_threads)
         card = self.registry.card(self.settings.model)
         potential = load_model(
             self.registry, card.name, None if self.settings.device == "auto" else self.settings.device
         )
-        source = RedisTaskSource(self.redis, self.settings, consumer=self.id)
-        worker = Worker(potential, source, self.settings.batch)
+        source = RedisTaskSource(self.redis, self.settings, consumer=self.id, metrics=self.metrics)
+        worker = Worker(potential, source, self.settings.batch, observe=self.metrics.observe)
         self.announcement = {
             "id": self.id,
             "model": card.name,
@@ -191,39 +106,110 @@ class RedisWorker:
             **worker.info,
             "mlipserve": __version__,
         }
+        self.metrics.info.labels(self.id, card.name, card.version, worker.info["device"], worker.info["dtype"]).set(1)
+        if potential.device.type == "cuda":
+            self.metrics.watch_gpu_memory(potential.device.index or 0)
         heartbeat = threading.Thread(target=self._beat, args=(source,), name="mlipserve-heartbeat", daemon=True)
         heartbeat.start()
+        self.loaded = True
         log.info("worker %s serving %s on %s from %s", self.id, card.name, potential.device, self.settings.redis_url)
-        backoff = 0.5
+        self._serve(worker, source)
+        clean = self._drain(worker, source)
+        self.done.set()
+        heartbeat.join(5.0)
+        with contextlib.suppress(redis.RedisError):
+            self.redis.delete(layout.heartbeat_key(card.name, self.id))
+        return 0 if clean else 1
+
+    def _serve(self, worker: Worker, source: RedisTaskSource) -> None:
+        backoff = RECONNECT_FIRST_DELAY
+        outage = False
         while not self.stop.is_set():
             try:
                 source.ensure_group()
+                source.keep_alive()  # the tasks held through an outage are ours: before others take them over
+                source.flush()  # what was finished while Redis was away
+                if outage:
+                    log.info("Redis reachable again")
+                    # Every worker's tasks went stale during the outage: give the others claim_idle to come back
+                    # and refresh theirs before taking any over as a dead worker's.
+                    source.defer_reclaim()
+                outage, backoff = False, RECONNECT_FIRST_DELAY
                 while not self.stop.is_set():
                     worker.step()
-                backoff = 0.5
-            except redis.ConnectionError as error:
+                    source.raise_if_unreachable()
+            except UNREACHABLE as error:
+                outage = True
+                source.unreachable = None  # what a fetch saw belongs to this same outage
                 log.warning("Redis unreachable (%s); retrying in %.1f s", error, backoff)
                 self.stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-        self.redis.delete(layout.heartbeat_key(card.name, self.id))
-        log.info("worker %s stopped", self.id)
+                backoff = min(backoff * 2, RECONNECT_MAX_DELAY)
+
+    def _drain(self, worker: Worker, source: RedisTaskSource) -> bool:
+        """Finish what is held within the drain timeout, hand back the rest, leave the group; False on failure."""
+        started = time.monotonic()
+        deadline = started + self.settings.drain_timeout
+        self.draining = True
+        self.metrics.draining.set(1)
+        source.closed = True
+        log.info("draining: %d task(s) held; finishing them within %g s", worker.holding, self.settings.drain_timeout)
+        finished_before = worker.tasks_finished
+        while worker.holding and time.monotonic() < deadline and not self.hurry.is_set():
+            try:
+                worker.step()
+            except UNREACHABLE as error:
+                log.warning("Redis unreachable while draining (%s)", error)
+                self.hurry.wait(0.5)
+        unfinished = worker.release()
+        try:
+            source.flush()
+            source.hand_back(unfinished)
+            source.leave()
+        except redis.RedisError as error:
+            log.error(
+                "drain could not hand back %d task(s) (%s); other workers reclaim them after %g s",
+                len(unfinished),
+                error,
+                self.settings.claim_idle,
+            )
+            return False
+        log.info(
+            "drained in %.1f s: finished %d task(s), handed back %d",
+            time.monotonic() - started,
+            worker.tasks_finished - finished_before,
+            len(unfinished),
+            extra={"drain_seconds": round(time.monotonic() - started, 3), "handed_back": len(unfinished)},
+        )
+        return True
 
     def _beat(self, source: RedisTaskSource) -> None:
         key = layout.heartbeat_key(self.settings.model, self.id)
-        while not self.stop.is_set():
+        while not self.done.is_set():
             try:
-                beat = self.announcement | {"time": time.time()}
+                now = time.time()
+                beat = self.announcement | {"time": now, "draining": self.draining}
                 self.redis.set(key, json.dumps(beat), px=int(self.settings.heartbeat_ttl * 1000))
                 source.keep_alive()
+                self.metrics.heartbeat.set(now)
             except redis.RedisError as error:
                 log.debug("heartbeat failed: %s", error)
             # Often enough that held tasks never look idle for claim_idle, which would hand them to another worker.
-            self.stop.wait(min(self.settings.heartbeat_interval, self.settings.claim_idle / 3))
+            self.done.wait(min(self.settings.heartbeat_interval, self.settings.claim_idle / 3))
+
+    def _start_probes(self) -> ProbeServer | None:
+        if self.settings.metrics_port is None:
+            return None
+        probes = ProbeServer(
+            self.metrics, ready=lambda: self.loaded and not self.draining, port=self.settings.metrics_port
+        )
+        probes.start()
+        log.info("metrics and probes on port %d (/metrics, /healthz, /readyz)", probes.port)
+        return probes
 
 
-def run_worker(settings: RedisWorkerSettings, registry: ModelRegistry) -> None:
-    """Run a worker until SIGINT or SIGTERM; the batch in progress is finished and delivered first."""
+def run_worker(settings: RedisWorkerSettings, registry: ModelRegistry) -> int:
+    """Run a worker until SIGINT or SIGTERM, then drain; return the exit status."""
     worker = RedisWorker(settings, registry)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: worker.stop.set())
-    worker.run()
+        signal.signal(signum, lambda *_: worker.signal())
+    return worker.run()
