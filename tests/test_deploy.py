@@ -186,6 +186,10 @@ def makefile_installs() -> list[dict[str, Any]]:
 def make_env_installs(family: str = "mace") -> list[dict[str, Any]]:
     """deploy/make-env.sh's pip commands for ``family``, its variables expanded to their defaults."""
     text = (DEPLOY / "make-env.sh").read_text()
+    # the branch for a package installed without its declared dependencies (GRACE): keep the side this family takes
+    branch = re.search(r'^if \[ -f "deploy/\$family/no-deps.txt" \]; then\n(.*?)^else\n(.*?)^fi\n', text, re.M | re.S)
+    taken = branch.group(1) if (DEPLOY / family / "no-deps.txt").exists() else branch.group(2)
+    text = text[: branch.start()] + taken + text[branch.end() :]
     pip = re.search(r"^pip=\((.*)\)$", text, flags=re.M).group(1)
     shell = "\n".join(line.replace('"${pip[@]}"', pip) for line in text.splitlines() if '"${pip[@]}"' in line)
     torch_constraints = re.search(r'torch_constraints="\$\{TORCH_CONSTRAINTS:-(.*)\}"', text).group(1)
