@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,8 @@ from mlipserve.models.potential import Potential
 from mlipserve.models.registry import FAMILIES, ModelRegistry
 
 from . import conformance_cases as conformance
-from .conftest import FIXTURES, REPO, torch_threads, write_card
+from .conftest import FIXTURES, torch_threads, write_card
+from .family_envs import env_python, run_in_environment
 
 HELPERS = Path(__file__).resolve().parent
 
@@ -72,16 +72,9 @@ def install_nequip(model_dir: Path) -> str:
     return "conformance-nequip"
 
 
-def env_python(family: str) -> Path:
-    """The Python of a family's own worker environment (``make env-FAMILY``)."""
-    return REPO / f".venv-{family}" / "bin" / "python"
-
-
 def build_in_env(family: str, *arguments: str) -> None:
     """Run ``tests/FAMILY_env_helper.py build ...`` in the family's environment."""
-    command = [str(env_python(family)), str(HELPERS / f"{family}_env_helper.py"), "build", *arguments]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_environment(family, str(HELPERS / f"{family}_env_helper.py"), "build", *arguments, timeout=300)
 
 
 def install_mace(model_dir: Path) -> str:
@@ -216,11 +209,8 @@ def environment_results(conformance_dir: Path) -> Callable[[str], dict[str, dict
             pytest.skip(message)
         name = CASES[family].install(conformance_dir)
         out = conformance_dir / f"{family}-conformance.json"
-        command = [str(python), str(HELPERS / "conformance_cases.py"), "--family", family, "--out", str(out)]
-        command += ["--model-dir", str(conformance_dir), "--model", name]
-        environment = os.environ | {"OMP_NUM_THREADS": "1"}
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
-        assert result.returncode == 0, result.stderr[-3000:]
+        arguments = ["--family", family, "--out", str(out), "--model-dir", str(conformance_dir), "--model", name]
+        run_in_environment(family, str(HELPERS / "conformance_cases.py"), *arguments)
         results[family] = json.loads(out.read_text())
         return results[family]
 

@@ -24,6 +24,7 @@ from mlipserve.clients import Client
 from mlipserve.server.config import ServerSettings
 
 from .conftest import REPO, RunningServer, free_port, write_card
+from .family_envs import require_environment, run_in_environment
 from .redis_fixtures import wait_for_workers
 
 FAIRCHEM_PYTHON = REPO / ".venv-fairchem" / "bin" / "python"
@@ -35,21 +36,12 @@ ESEN, UMA, UMA_OMOL, UMA_FLOAT32 = "tiny-esen", "tiny-uma", "tiny-uma-omol", "ti
 TOLERANCES = (1e-6, 1e-6, 1e-6)  # eV/atom, eV/Å, eV/Å³: float64 against float64
 FLOAT32_TOLERANCES = (1e-5, 1e-4, 1e-5)  # as tests/test_sevennet_backend.py: float32 against float64
 
-if not FAIRCHEM_PYTHON.exists():
-    message = "the fairchem environment .venv-fairchem is missing: create it with `make env-fairchem`"
-    if os.environ.get("CI"):
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_environment("fairchem")
 
 
 def in_fairchem_env(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the fairchem environment's Python, failing with its stderr."""
-    environment = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [str(FAIRCHEM_PYTHON), *args], capture_output=True, text=True, timeout=timeout, env=environment
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_in_environment("fairchem", *args, timeout=timeout)
 
 
 def structures() -> list[Atoms]:

@@ -25,6 +25,7 @@ from mlipserve.clients import Client
 from mlipserve.server.config import ServerSettings
 
 from .conftest import REPO, RunningServer, free_port, write_card
+from .family_envs import require_environment, run_in_environment
 from .redis_fixtures import wait_for_workers
 
 GRACE_PYTHON = REPO / ".venv-grace" / "bin" / "python"
@@ -37,20 +38,12 @@ TOLERANCES = (1e-6, 1e-6, 1e-6)  # eV/atom, eV/Å, eV/Å³, float64 against floa
 TOLERANCES_FLOAT32 = (1e-5, 1e-4, 1e-5)  # as tests/test_sevennet_backend.py: packing changes float32 rounding
 ENVIRONMENT = os.environ | {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
-if not GRACE_PYTHON.exists():
-    message = "the GRACE environment .venv-grace is missing: create it with `make env-grace`"
-    if os.environ.get("CI"):
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_environment("grace")
 
 
 def in_grace_env(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the GRACE environment's Python, failing with its stderr."""
-    result = subprocess.run(
-        [str(GRACE_PYTHON), *args], capture_output=True, text=True, timeout=timeout, env=ENVIRONMENT
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    """Run the grace environment's Python, failing with its stderr."""
+    return run_in_environment("grace", *args, timeout=timeout, environment=ENVIRONMENT)
 
 
 def structures() -> list:

@@ -25,6 +25,7 @@ from mlipserve.models.cards import file_sha256
 from mlipserve.server.config import ServerSettings
 
 from .conftest import REPO, RunningServer, free_port
+from .family_envs import require_environment, run_in_environment
 from .redis_fixtures import wait_for_workers
 
 M3GNET_PYTHON = REPO / ".venv-m3gnet" / "bin" / "python"
@@ -36,18 +37,12 @@ MODEL = "tiny-m3gnet"
 MODEL_FLOAT32 = "tiny-m3gnet-float32"
 TOLERANCES = {"float64": (1e-6, 1e-6, 1e-6), "float32": (1e-5, 1e-4, 1e-5)}  # eV/atom, eV/Å, eV/Å³
 
-if not M3GNET_PYTHON.exists():
-    message = "the M3GNet environment .venv-m3gnet is missing: create it with `make env-m3gnet`"
-    if os.environ.get("CI"):
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_environment("m3gnet")
 
 
 def in_m3gnet_env(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the M3GNet environment's Python, failing with its stderr."""
-    result = subprocess.run([str(M3GNET_PYTHON), *args], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    """Run the m3gnet environment's Python, failing with its stderr."""
+    return run_in_environment("m3gnet", *args, timeout=timeout, environment=os.environ)
 
 
 def structures() -> list[Atoms]:

@@ -27,6 +27,7 @@ from mlipserve.models.cards import file_sha256
 from mlipserve.server.config import ServerSettings
 
 from .conftest import REPO, RunningServer, dataset_sample, free_port, write_card
+from .family_envs import require_environment, run_in_environment
 from .redis_fixtures import wait_for_workers
 
 MACE_PYTHON = REPO / ".venv-mace" / "bin" / "python"
@@ -37,18 +38,12 @@ MODEL = "tiny-mace"
 MODEL_FLOAT32 = "tiny-mace-float32"
 TOLERANCES = (1e-6, 1e-6, 1e-6)  # eV/atom, eV/Å, eV/Å³, float64 against float64
 
-if not MACE_PYTHON.exists():
-    message = "the MACE environment .venv-mace is missing: create it with `make env-mace`"
-    if os.environ.get("CI"):
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_environment("mace")
 
 
 def in_mace_env(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the MACE environment's Python, failing with its stderr."""
-    result = subprocess.run([str(MACE_PYTHON), *args], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    """Run the mace environment's Python, failing with its stderr."""
+    return run_in_environment("mace", *args, timeout=timeout, environment=os.environ)
 
 
 def structures() -> list:

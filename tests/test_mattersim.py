@@ -29,6 +29,7 @@ from mlipserve.models.cards import file_sha256
 from mlipserve.server.config import ServerSettings
 
 from .conftest import REPO, RunningServer, free_port, write_card
+from .family_envs import require_environment, run_in_environment
 from .redis_fixtures import wait_for_workers
 
 MATTERSIM_PYTHON = REPO / ".venv-mattersim" / "bin" / "python"
@@ -39,21 +40,12 @@ MODEL = "tiny-mattersim"
 CUTOFF = 4.5
 TOLERANCES = (1e-5, 1e-4, 1e-5)  # eV/atom, eV/Å, eV/Å³: float32, as for SevenNet
 
-if not MATTERSIM_PYTHON.exists():
-    message = "the MatterSim environment .venv-mattersim is missing: create it with `make env-mattersim`"
-    if os.environ.get("CI"):
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_environment("mattersim")
 
 
 def in_mattersim_env(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the MatterSim environment's Python, failing with its stderr."""
-    environment = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [str(MATTERSIM_PYTHON), *args], capture_output=True, text=True, timeout=timeout, env=environment
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    """Run the mattersim environment's Python, failing with its stderr."""
+    return run_in_environment("mattersim", *args, timeout=timeout)
 
 
 def structures() -> list[Atoms]:

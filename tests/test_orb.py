@@ -25,6 +25,7 @@ from mlipserve.models import ModelRegistry
 from mlipserve.server.config import ServerSettings
 
 from .conftest import REPO, RunningServer, free_port, write_card
+from .family_envs import require_environment, run_in_environment
 from .redis_fixtures import wait_for_workers
 
 ORB_PYTHON = REPO / ".venv-orb" / "bin" / "python"
@@ -42,19 +43,12 @@ MODEL_V2 = "tiny-orb-v2"  # float64, direct
 TOLERANCES = (1e-6, 1e-6, 1e-6)  # eV/atom, eV/Å, eV/Å³, float64 against float64
 FLOAT32_TOLERANCES = (1e-5, 1e-4, 1e-5)  # as for SevenNet's float32 models (tests/test_sevennet_backend.py)
 
-if not ORB_PYTHON.exists():
-    message = "the ORB environment .venv-orb is missing: create it with `make env-orb`"
-    if os.environ.get("CI"):
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_environment("orb")
 
 
 def in_orb_env(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the ORB environment's Python, failing with its stderr."""
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(ORB_PYTHON), *args], capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    """Run the orb environment's Python, failing with its stderr."""
+    return run_in_environment("orb", *args, timeout=timeout)
 
 
 def structures() -> list[Atoms]:
