@@ -121,5 +121,5 @@ class ModelDirectory(Protocol):
     async def status(self, name: str) -> ModelStatus | None:
         """The model's status, or None when this server does not serve it."""
 
-    async def statuses(self) -> dict[str, ModelStatus]:
-        """Every served model's status, with its queue depth."""
+    async def statuses(self, queues: bool = False) -> dict[str, ModelStatus]:
+        """Every served model's status; with ``queues``, with its queue depth too (where reading it costs more)."""

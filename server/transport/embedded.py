@@ -181,5 +181,6 @@ class EmbeddedModelHost:
             pending=worker.scheduler.holding if worker else 0,
         )
 
-    async def statuses(self) -> dict[str, ModelStatus]:
+    async def statuses(self, queues: bool = False) -> dict[str, ModelStatus]:
+        """Every hosted model's status; its queue depth is read from memory, so ``queues`` changes nothing."""
         return {name: status for name in self.models if (status := await self.status(name))}

@@ -25,7 +25,7 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
 
     async def read_statuses() -> tuple[dict[str, ModelStatus], str | None]:
         try:
-            return await state.directory.statuses(), None
+            return await state.directory.statuses(queues=True), None
         except BrokerError as error:  # Redis away: the page still shows jobs and errors
             return {}, error.message
 

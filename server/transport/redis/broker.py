@@ -25,7 +25,7 @@ from ...engine.tasks import Task
 from ..base import Broker, ModelState, ModelStatus, Unavailable
 from . import layout
 from .codec import decode_result, encode_task
-from .fleet import read_queues, read_workers, task_models
+from .fleet import QueueDepth, read_queues, read_workers, task_models
 
 log = logging.getLogger(__name__)
 
@@ -157,23 +157,26 @@ class RedisWorkerDirectory:
         """The model's status from heartbeats at most ``cache_seconds`` old (this runs for every request)."""
         return _status((await self._workers()).get(name, []))
 
-    async def statuses(self) -> dict[str, ModelStatus]:
-        """Every model expected, served by a live worker or with unfinished work, read afresh, with its queue."""
+    async def statuses(self, queues: bool = False) -> dict[str, ModelStatus]:
+        """Every model expected or served by a live worker, read afresh; with ``queues``, also every model with
+        unfinished work, and each one's queue depth (a few more round trips: for /v1/status and /metrics)."""
         workers = await self._workers(fresh=True)
+        if not queues:
+            return {name: _status(workers.get(name, [])) for name in dict.fromkeys([*self.expected, *workers])}
         try:
             names = list(dict.fromkeys([*self.expected, *workers, *await task_models(self.redis)]))
             depths = await read_queues(self.redis, names)
         except UNAVAILABLE as error:
             raise redis_unavailable(error) from None
-        statuses = {}
-        for name in names:
-            depth = depths[name]
-            if name in self.expected or name in workers or depth.queued or depth.pending:
-                status = _status(workers.get(name, []))
-                status.queued, status.pending = depth.queued, depth.pending
-                statuses[name] = status
-        return statuses
+        return {
+            name: _status(workers.get(name, []), depths[name])
+            for name in names
+            if name in self.expected or name in workers or depths[name].queued or depths[name].pending
+        }
 
 
-def _status(workers: list[dict]) -> ModelStatus:
-    return ModelStatus(state=ModelState.READY if workers else ModelState.NO_WORKERS, workers=workers)
+def _status(workers: list[dict], depth: QueueDepth | None = None) -> ModelStatus:
+    state = ModelState.READY if workers else ModelState.NO_WORKERS
+    if depth is None:
+        return ModelStatus(state=state, workers=workers)
+    return ModelStatus(state=state, workers=workers, queued=depth.queued, pending=depth.pending)

@@ -173,12 +173,13 @@ class RedisWorker:
                 self.settings.claim_idle,
             )
             return False
+        seconds = time.monotonic() - started
         log.info(
             "drained in %.1f s: finished %d task(s), handed back %d",
-            time.monotonic() - started,
+            seconds,
             worker.tasks_finished - finished_before,
             len(unfinished),
-            extra={"drain_seconds": round(time.monotonic() - started, 3), "handed_back": len(unfinished)},
+            extra={"drain_seconds": round(seconds, 3), "handed_back": len(unfinished)},
         )
         return True
 
