@@ -18,7 +18,7 @@ import torch
 from ase import Atoms
 from mlipserve.models.backends.ace import AcePotential
 from mlipserve.models.backends.ace_format import read_potential
-from mlipserve.models.cards import ModelCard
+from mlipserve.models.cards import ModelCard, file_sha256
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.engine.tuning import tune_process
 
@@ -85,7 +85,7 @@ def main() -> None:
             "family": "ace",
             "version": "bench",
             "checkpoint": args.potential.name,
-            "sha256": "-",
+            "sha256": file_sha256(args.potential),
             "license": "-",
             "elements": list(model.elements),
             "cutoff": model.cutoff,

@@ -25,7 +25,7 @@ from ase.build import bulk
 from ase.data import atomic_numbers
 from mlipserve.models.backends.mtp import MTPPotential
 from mlipserve.models.backends.mtp_format import read_mtp
-from mlipserve.models.cards import ModelCard
+from mlipserve.models.cards import ModelCard, file_sha256
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.engine.tuning import tune_process
 
@@ -102,8 +102,8 @@ def main() -> None:
     tune_process(args.threads)
     mtp = read_mtp(args.mtp)
     card = ModelCard.from_dict(
-        {"name": args.mtp.stem, "family": "mtp", "version": "bench", "checkpoint": args.mtp.name, "sha256": "-",
-         "license": "-", "elements": args.elements, "cutoff": mtp.max_dist},
+        {"name": args.mtp.stem, "family": "mtp", "version": "bench", "checkpoint": args.mtp.name,
+         "sha256": file_sha256(args.mtp), "license": "-", "elements": args.elements, "cutoff": mtp.max_dist},
         root=args.mtp.parent,
     )  # fmt: skip
     potential = MTPPotential(card, mtp, args.device)

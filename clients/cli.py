@@ -48,6 +48,23 @@ def add_file_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     _add_relax_options(relax)
     relax.set_defaults(handler=relax_command)
 
+    select = commands.add_parser(
+        "select",
+        help="grade structure files with a model's active set and pick those to compute with DFT, as extxyz",
+        description="Grade every frame of the files (MTP grade or ACE gamma, on the server) and write the D-optimal "
+        "subset of at most --max-count frames (MaxVol against the active set) as extxyz with their grades; "
+        "with --above, also every frame graded above --threshold.",
+    )
+    select.add_argument("files", nargs="+", metavar="FILE", help="candidate structure files (e.g. relax output)")
+    select.add_argument("-o", "--output", required=True, metavar="OUT.extxyz", help="the selected frames")
+    select.add_argument("--model", default=None, help="a model with an active set (default: the server's first)")
+    select.add_argument("--server", default=DEFAULT_URL, metavar="URL", help="server (default %(default)s)")
+    select.add_argument("--format", default=None, help="ase format of the input files (default: guessed per file)")
+    select.add_argument("--max-count", type=int, default=10, metavar="N", help="at most N (default %(default)s)")
+    select.add_argument("--threshold", type=float, default=1.0, help="grade above which a frame is flagged (1.0)")
+    select.add_argument("--above", default=None, metavar="ABOVE.extxyz", help="also write every flagged frame")
+    select.set_defaults(handler=select_command)
+
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="structure files (any format ase reads) or folders")
@@ -109,6 +126,44 @@ def send_relax(client: Client, structures: list[Any], args: argparse.Namespace) 
         return client.run_job(structures, relax=options, errors="return")
     fields = {key: value for key, value in options.request().items() if key != "optimizer"}  # relax() has FIRE only
     return client.relax(structures, errors="return", **fields)
+
+
+def select_command(args: argparse.Namespace) -> int:
+    """``mlipserve select``: the exit status."""
+    name = "mlipserve select"
+    frames, problems = read_all(args.files, args.format)
+    report(name, problems)
+    if not frames:
+        return fail(name, "no structure could be read; nothing written", EXIT_NOTHING_WRITTEN)
+    if not reachable(args.server):
+        return fail(name, f"cannot reach the server at {args.server}; nothing written", EXIT_UNREACHABLE)
+    try:
+        with Client(args.server, model=args.model, progress=False) as client:
+            selection = client.select([f.atoms for f in frames], args.max_count, args.threshold)
+    except RequestFailed as error:
+        return fail(name, f"the server refused the request: {error}; nothing written", EXIT_NOTHING_WRITTEN)
+    report(name, [Problem(frames[e.index].source, frames[e.index].index, e.message) for e in selection.errors])
+    picked = [_graded(frames[i], selection, i) for i in selection.selected]
+    write_extxyz(args.output, picked)
+    if args.above is not None:
+        write_extxyz(args.above, [_graded(frames[i], selection, i) for i in selection.above])
+    usable = len(frames) - len(selection.errors)
+    print(
+        f"{name}: graded {usable} structures with {selection.model.get('name')}: {len(selection.above)} above "
+        f"{args.threshold:g}; wrote {len(picked)} selected for DFT to {args.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _graded(frame: Frame, selection: Any, index: int) -> Any:
+    """The frame's geometry (no results: it is for DFT) with its grade, source and place among the candidates."""
+    from ase import Atoms
+
+    atoms = Atoms(frame.atoms.numbers, frame.atoms.positions, cell=frame.atoms.cell, pbc=frame.atoms.pbc)
+    atoms.info.update(grade=float(selection.grades[index]), candidate=index, source=frame.source, frame=frame.index)
+    atoms.info.update(above_threshold=index in selection.above, model=selection.model.get("name"))
+    return atoms
 
 
 def run(args: argparse.Namespace, command: str, send: Send) -> int:

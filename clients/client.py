@@ -15,6 +15,7 @@ from .async_transport import AsyncTransport
 from .methods import planned, streamed
 from .options import DEFAULT_URL, ClientSettings
 from .planner import Planner
+from .selecting import select
 from .sync_transport import SyncTransport
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class _Methods:
     job_results = streamed(Planner.job_results)
     run_job = planned(Planner.run_job)
     models = planned(Planner.models)
+    select = planned(select)
     ready = planned(Planner.ready)
     wait_until_ready = planned(Planner.wait_until_ready)
 

@@ -115,6 +115,9 @@ def result_info(frame: Frame, result: Result) -> dict[str, Any]:
     }
     if isinstance(result, RelaxResult):
         info.update(steps=result.steps, converged=result.converged, stop_reason=result.stop_reason, fmax=result.fmax)
+    if result.uncertainty is not None:  # e.g. uncertainty=1.7 uncertainty_kind=grade
+        info.update(uncertainty=result.uncertainty["value"], uncertainty_kind=result.uncertainty["kind"])
+        info["uncertainty_max"] = result.uncertainty.get("max_along_path")
     return {key: value for key, value in info.items() if value is not None}
 
 

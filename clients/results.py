@@ -26,6 +26,8 @@ class Result:
     stress: np.ndarray | None = None
     error: StructureFailed | None = None
     model: dict[str, Any] = field(default_factory=dict)
+    #: From models that report one: ``kind``, ``value`` and named figures (and ``per_atom``, ``max_along_path``).
+    uncertainty: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -53,6 +55,7 @@ class Result:
             forces=None if forces is None else np.asarray(forces, dtype=np.float64),
             stress=None if stress is None else np.asarray(stress, dtype=np.float64),
             model=model,
+            uncertainty=entry.get("uncertainty"),
         )
 
 

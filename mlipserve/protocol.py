@@ -20,7 +20,10 @@ ALL_PROPERTIES: tuple[Property, ...] = get_args(Property)
 #: Names of the batched optimizers (the server's registry: ``server/dynamics/optimizers.py``).
 OptimizerName = Literal["fire"]
 #: How a relaxation ended.
-StopReason = Literal["converged", "max_steps", "exploded"]
+#: ``extrapolating``: the model's uncertainty went above the ``max_grade`` asked for.
+StopReason = Literal["converged", "max_steps", "exploded", "extrapolating"]
+#: How much of a structure's uncertainty to answer with: its figures, or per atom too.
+UncertaintyDetail = Literal["summary", "per_atom"]
 JobState = Literal["queued", "running", "done", "cancelled", "failed"]
 FINAL_JOB_STATES: frozenset[JobState] = frozenset({"done", "cancelled", "failed"})
 
@@ -46,6 +49,15 @@ class RelaxOptions:
     trajectory_every: Annotated[
         int, Field(ge=0, description="Return a frame every this many steps, and the last one; 0: none.")
     ] = 0
+    max_grade: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="Stop (stop_reason 'extrapolating', with that geometry) once the model's uncertainty exceeds "
+            "this: an MTP grade or ACE gamma (1: the edge of the active set), a committee's force spread (eV/Å). "
+            "Needs a model that reports an uncertainty; null: never stop for it.",
+        ),
+    ] = None
 
     @classmethod
     def of(cls, options: RelaxOptions | Mapping[str, Any]) -> RelaxOptions:

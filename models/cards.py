@@ -59,6 +59,10 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, root: Path | None, builtin: bool = False) -> ModelCard:
+        if data.get("family") == "committee":  # a committee's members carry the checkpoints (models/committee.py)
+            from .committee import card_fields
+
+            data = card_fields(data)
         required = ("name", "family", "version", "checkpoint", "sha256", "license", "elements", "cutoff")
         missing = [key for key in required if key not in data]
         if missing:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .cards import CardError, ModelCard
+from .committee import is_committee
 from .potential import Backend, Potential, check_card, pick_device
 from .registry import FAMILIES, ModelRegistry
 
@@ -43,7 +44,7 @@ def load_model(registry: ModelRegistry, name: str, device: str | torch.device | 
 def load_potential(card: ModelCard, device: str | torch.device | None = None) -> Potential:
     """Verify ``card``'s checkpoint hash, build its Potential on ``device``, and check the card against it."""
     backend = load_backend(card.family)
-    checkpoint = card.verified_checkpoint()
+    checkpoint = Path() if is_committee(card) else card.verified_checkpoint()  # a committee's members have theirs
     potential = backend.load_potential(card, checkpoint, pick_device(device))
     check_card(card, potential)
     log.info("loaded %s (%s %s) on %s", card.name, card.family, card.version, potential.device)

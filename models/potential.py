@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
+from .active_sets import Selection
 from .cards import CardError, ModelCard
 from .checks import StructureRejected, check_elements
-from .prediction import ALL_PROPERTIES, ENERGY, FORCES, STRESS, Prediction
+from .prediction import ALL_PROPERTIES, ENERGY, FORCES, STRESS, Prediction, UncertaintyKind
 from .system import AtomicSystem
+from .tensor_batch import TensorBatch, TensorPrediction
 
 __all__ = [
     "ALL_PROPERTIES",
@@ -33,6 +35,8 @@ __all__ = [
     "Prediction",
     "PropertyNotImplemented",
     "StructureRejected",
+    "TensorBatch",
+    "TensorPrediction",
     "check_card",
     "check_elements",
     "divide_by_volume",
@@ -64,6 +68,8 @@ class Potential(abc.ABC):
     cutoff: float
     dtype: torch.dtype
     device: torch.device
+    #: The uncertainty this potential reports with every prediction (``Prediction.uncertainty``), or None.
+    uncertainty_kind: UncertaintyKind | None = None
 
     @abc.abstractmethod
     def predict_batch(
@@ -92,6 +98,24 @@ class Potential(abc.ABC):
                 self.check(system)
         return self.predict_batch(systems, properties)
 
+    @property
+    def tensor_native(self) -> bool:
+        """Whether :meth:`predict_tensors` keeps the batch on the device (False: it is the host fallback)."""
+        return False
+
+    def predict_tensors(self, batch: TensorBatch, properties: Sequence[str] = ALL_PROPERTIES) -> TensorPrediction:
+        """Evaluate a batch given as device tensors; results stay on ``batch``'s device (the tensor path).
+
+        This default is the explicit fallback: it copies the batch to the host, runs :meth:`predict_batch` and
+        copies the results back, a host round trip per call. Families whose model is written in torch override it
+        to keep positions and forces on the device. Systems are not checked (:meth:`check`): the caller admitted
+        them.
+        """
+        if batch.n_systems == 0:
+            return TensorPrediction(energy=torch.zeros(0, dtype=torch.float64, device=batch.device))
+        predictions = self.predict(batch.to_systems(), properties, checked=True)
+        return TensorPrediction.from_predictions(predictions, batch, properties)
+
     def check(self, system: AtomicSystem) -> None:
         """Raise :class:`StructureRejected` if this model cannot evaluate ``system``: an element it does not cover
         (:func:`check_elements` with :attr:`elements`), or a limit of its family (:meth:`check_structure`)."""
@@ -100,6 +124,14 @@ class Potential(abc.ABC):
 
     def check_structure(self, system: AtomicSystem) -> None:
         """The family's own limits (e.g. an atom with no neighbour within the cutoff); the default accepts all."""
+
+    def select(self, systems: Sequence[AtomicSystem], max_count: int, threshold: float = 1.0) -> Selection:
+        """Grade ``systems`` against the active set: those above ``threshold``, and a D-optimal subset of at most
+        ``max_count`` (all that MaxVol picks when negative) for DFT. Models with an active set override this."""
+        raise PropertyNotImplemented(
+            f"{self.card.name} has no active set to select structures against (an MTP or ACE card with "
+            f"options.active_set has one)"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.card.name!r}, device={self.device}, dtype={self.dtype})"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
+from . import committee
 from .cards import CardError, ModelCard
 
 if TYPE_CHECKING:
@@ -58,14 +59,20 @@ FAMILIES: dict[str, Family] = {
     "chgnet": Family("mlipserve.models.backends.chgnet", "chgnet", "chgnet"),
     "mtp": Family("mlipserve.models.backends.mtp", "torch", "torch", dtype="float64"),
     "ace": Family("mlipserve.models.backends.ace", "torch", "torch", dtype="float64"),
+    "snap": Family("mlipserve.models.backends.snap", "torch", "torch", dtype="float64"),
     "mace": Family("mlipserve.models.backends.mace", "mace-torch", "mace", environment="mace"),
     "nequip": Family("mlipserve.models.backends.nequip", "torch", "torch"),
+    "pair": Family("mlipserve.models.backends.pair", "torch", "torch", dtype="float64"),
+    "gap": Family("mlipserve.models.backends.gap", "torch", "torch", dtype="float64"),
+    "hdnnp": Family("mlipserve.models.backends.hdnnp", "torch", "torch", dtype="float64"),
     # downloadable universal models, each served from a worker environment of its own (deploy/make-env.sh FAMILY)
     "orb": Family("mlipserve.models.backends.orb", "orb-models", "orb", environment="orb"),
     "mattersim": Family("mlipserve.models.backends.mattersim", "mattersim", "mattersim", environment="mattersim"),
     "grace": Family("mlipserve.models.backends.grace", "tensorpotential", "grace", environment="grace"),
     "fairchem": Family("mlipserve.models.backends.fairchem", "fairchem-core", "fairchem", environment="fairchem"),
     "m3gnet": Family("mlipserve.models.backends.m3gnet", "matgl", "m3gnet", environment="m3gnet"),
+    # every member loaded in one worker (models/committee.py); members served apart need no entry of their own
+    "committee": Family("mlipserve.models.backends.committee", "torch", "torch"),
 }
 
 
@@ -110,6 +117,15 @@ class ModelRegistry:
                 self._read_user_card(path)
         for card in extra_cards:
             self._add(card)
+        self._resolve_committees()
+
+    def _resolve_committees(self) -> None:
+        """Fill each committee card from its members' cards (models/committee.py), or refuse it saying why."""
+        for card in [c for c in self._cards.values() if committee.is_committee(c)]:
+            try:
+                self._add(committee.resolve_card(card, self._cards))
+            except CardError as error:
+                self._refuse(card.name, (card.root or self.model_dir) / f"{card.name}.yaml", error)
 
     def _read_user_card(self, path: Path) -> None:
         """Add the card in ``path`` if it is well formed and its checkpoint lies inside the model directory."""
@@ -142,6 +158,9 @@ class ModelRegistry:
         family = FAMILIES.get(card.family)
         dtype = card.options.get("dtype") or (family.dtype if family else "unknown")
         environment = family.describe_environment() if family else "unknown"
+        if committee.is_committee(card):
+            dtypes = sorted({self.summary(member)["dtype"] for member in committee.member_cards(card)})
+            return card.summary() | {"dtype": "/".join(dtypes)} | committee.summary(card)
         return card.summary() | {"dtype": str(dtype), "environment": environment}
 
     def card(self, name: str) -> ModelCard:

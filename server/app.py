@@ -40,7 +40,13 @@ def create_app(settings: ServerSettings | None = None, registry: ModelRegistry |
 
     embedded = EmbeddedBroker(queue_limit=settings.queue_limit, timeout=settings.request_timeout)
     host = EmbeddedModelHost(
-        registry, embedded, settings.models, settings.device, settings.batch, settings.torch_threads
+        registry,
+        embedded,
+        settings.models,
+        settings.device,
+        settings.batch,
+        settings.torch_threads,
+        device_options=settings.device_options,
     )
 
     async def start() -> None:

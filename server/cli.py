@@ -15,7 +15,7 @@ from pathlib import Path
 from ..clients.cli import add_file_commands
 from ..models.cards import CardError
 from ..models.registry import DEFAULT_MODEL, DEFAULT_MODEL_DIR, ModelRegistry, UnknownModel
-from .config import RedisWorkerSettings, ServerSettings, StructureLimits
+from .config import DeviceOptions, RedisWorkerSettings, ServerSettings, StructureLimits
 from .engine.batching import BatchPolicy
 from .keys import KeysFileError
 from .keys_command import add_keys_parser
@@ -178,11 +178,32 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         help=f"text, or json: a JSON object per line with request and job ids (default: ${LOG_FORMAT_ENV}, else text)",
     )
     parser.add_argument(
-        "--batch-atoms", type=int, default=None, help="atom budget of a batch (default: 128 on the CPU, 8192 on a GPU)"
+        "--batch-atoms",
+        type=int,
+        default=None,
+        help="atom budget of a batch (default: measured from free memory on a GPU, 128 on the CPU)",
+    )
+    parser.add_argument(
+        "--tf32", action="store_true", help="float32 matrix products on TF32 tensor cores (CUDA; changes numbers)"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's torch module (slower start; may change numbers)",
+    )
+    parser.add_argument(
+        "--cueq",
+        action="store_true",
+        help="cuEquivariance kernels for MACE and SevenNet (CUDA, needs cuequivariance-torch; changes numbers)",
     )
     parser.add_argument(
         "--max-wait-ms", type=float, default=BatchPolicy().max_wait * 1000, help="how long a batch waits to fill"
     )
+
+
+def device_options(args: argparse.Namespace) -> DeviceOptions:
+    """The GPU options given on the command line (all off by default)."""
+    return DeviceOptions(tf32=args.tf32, compile=args.compile, cueq=args.cueq)
 
 
 def _add_model_dir(parser: argparse.ArgumentParser) -> None:
@@ -211,6 +232,7 @@ def serve_command(args: argparse.Namespace) -> None:
         max_structures_per_request=args.max_structures_per_request,
         max_atoms_per_request=args.max_atoms_per_request,
         batch=BatchPolicy(max_atoms=args.batch_atoms, max_wait=args.max_wait_ms / 1000),
+        device_options=device_options(args),
         torch_threads=args.threads,
         redis_url=args.redis,
         queue_limit=args.queue_limit,
@@ -264,6 +286,7 @@ def worker_command(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         batch=BatchPolicy(max_atoms=args.batch_atoms, max_wait=args.max_wait_ms / 1000),
+        device_options=device_options(args),
         claim_idle=args.claim_idle,
         max_deliveries=args.max_deliveries,
         torch_threads=args.threads,

@@ -21,6 +21,22 @@ class StructureLimits:
 
 
 @dataclass(frozen=True)
+class DeviceOptions:
+    """How a worker runs its model on the device beyond its card; all off by default, as each changes the numbers
+    (``engine/device_options.py`` applies them)."""
+
+    #: float32 matrix products on TensorFloat-32 tensor cores (CUDA; process-wide).
+    tf32: bool = False
+    #: ``torch.compile`` of the family's torch module.
+    compile: bool = False
+    #: cuEquivariance kernels (MACE, SevenNet; needs cuequivariance_torch and CUDA).
+    cueq: bool = False
+
+    def enabled(self) -> list[str]:
+        return [name for name in ("tf32", "compile", "cueq") if getattr(self, name)]
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """What ``mlipserve serve`` is configured with."""
 
@@ -42,6 +58,7 @@ class ServerSettings:
     #: Seconds a finished job (and its results) is kept before it is forgotten.
     job_ttl: float = 24 * 3600.0
     batch: BatchPolicy = field(default_factory=BatchPolicy)
+    device_options: DeviceOptions = field(default_factory=DeviceOptions)
     #: torch threads per worker; None uses every core available to the process.
     torch_threads: int | None = None
     #: With a Redis URL, requests go to standalone workers (`mlipserve worker`) through Redis Streams and no model
@@ -74,6 +91,7 @@ class RedisWorkerSettings:
     model: str
     device: str = "auto"
     batch: BatchPolicy = field(default_factory=BatchPolicy)
+    device_options: DeviceOptions = field(default_factory=DeviceOptions)
     #: A task unacknowledged this long (s) is taken over from its worker, presumed dead.
     claim_idle: float = 30.0
     #: Deliveries after which a task goes to the dead-letter stream instead of to a worker again.

@@ -166,6 +166,33 @@ def hfo_structures() -> list[Atoms]:
     ]
 
 
+def inp_structures() -> list[Atoms]:
+    """In-P: a zincblende primitive cell, the 8-atom cubic cell with swapped species, and an In2P2 cluster."""
+    return [
+        crystal(bulk("InP", "zincblende", a=5.87), None, seed=51),
+        crystal(bulk("InP", "zincblende", a=5.87, cubic=True), ("In", "P"), seed=52, strain=0.03, left_handed=True),
+        cluster("InPInP", bond=2.6, seed=53),
+    ]
+
+
+def cu2s_structures() -> list[Atoms]:
+    """Cu-S: an antifluorite Cu2S primitive cell, a 4-atom fcc cell of mixed species and a Cu3S2 cluster."""
+    return [
+        crystal(bulk("SCu2", "fluorite", a=5.6), None, seed=61),
+        crystal(bulk("Cu", "fcc", a=3.9, cubic=True), ("Cu", "S"), seed=62, strain=0.03, left_handed=True),
+        cluster("CuSCuSCu", bond=2.3, seed=63),
+    ]
+
+
+def cu_structures() -> list[Atoms]:
+    """Cu: an fcc primitive cell, a strained 2×1×1 cubic cell of 8 atoms and a 5-atom cluster."""
+    return [
+        crystal(bulk("Cu", "fcc", a=3.6), None, seed=71),
+        crystal(bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1), None, seed=72, strain=0.03, left_handed=True),
+        cluster("Cu5", bond=2.5, seed=73),
+    ]
+
+
 def licl_structures() -> list[Atoms]:
     """Li-Cl: a rocksalt primitive cell, the 8-atom cubic cell and a Li2Cl2 cluster."""
     return [
@@ -193,6 +220,7 @@ STRUCTURES: dict[str, Callable[[], list[Atoms]]] = {
     "chgnet": universal_structures,
     "mtp": hea_structures,
     "ace": hfo_structures,
+    "snap": inp_structures,  # LAMMPS' InP SNAP (chemflag) with the ZBL of its include file
     "nequip": licl_structures,
     "mace": mace_structures,
     "fairchem": mace_structures,  # its random model covers H O Si Cu, as MACE's does
@@ -200,6 +228,10 @@ STRUCTURES: dict[str, Callable[[], list[Atoms]]] = {
     "m3gnet": mace_structures,  # its random model covers H O Si Cu
     "mattersim": universal_structures,
     "grace": mace_structures,
+    "pair": hea_structures,  # a Morse model of the five elements
+    "gap": hfo_structures,  # a small distance_2b + SOAP GAP of Hf and O (tests/data/gap)
+    "hdnnp": cu2s_structures,  # n2p2's Cu2S HDNNP (narrow and wide angular functions, cutoff type 6)
+    "committee": cu_structures,  # three Cu MTPs served as one committee (mean energy, forces and stress)
 }
 
 #: Every family's precision and stress support (of the model its conformance case loads).
@@ -208,6 +240,7 @@ TRAITS: dict[str, Traits] = {
     "chgnet": Traits("float32"),
     "mtp": Traits("float64"),
     "ace": Traits("float64"),
+    "snap": Traits("float64"),
     "nequip": Traits("float32", stress=False),  # the nequip 0.5.6 LiCl file was deployed without StressForceOutput
     "mace": Traits("float32"),
     "fairchem": Traits("float32"),
@@ -215,6 +248,10 @@ TRAITS: dict[str, Traits] = {
     "m3gnet": Traits("float32"),
     "mattersim": Traits("float32"),
     "grace": Traits("float64"),
+    "pair": Traits("float64"),
+    "gap": Traits("float64"),
+    "hdnnp": Traits("float64"),
+    "committee": Traits("float64"),
 }
 
 

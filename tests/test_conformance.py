@@ -66,6 +66,40 @@ def install_ace(model_dir: Path) -> str:
     return "conformance-ace"
 
 
+def install_pair(model_dir: Path) -> str:
+    """A Morse model of Fe Co Ni Cr Al: like pairs per element, unlike pairs the top-level values."""
+    from mlipserve.models.backends.pair_format import read_parameters
+
+    path = HELPERS / "data" / "pair" / "morse-hea.pair"
+    cutoff = read_parameters(path, ()).cutoff
+    write_card(model_dir, "conformance-pair", path, family="pair", elements="Fe Co Ni Cr Al", cutoff=cutoff)
+    return "conformance-pair"
+
+
+def install_snap(model_dir: Path) -> str:
+    """LAMMPS' InP SNAP (chemflag, bnormflag, wselfallflag) with the ZBL term its include file overlays."""
+    from mlipserve.models.backends.snap import model_cutoff
+    from mlipserve.models.backends.snap_format import read_model
+
+    from .test_snap import snap_options
+
+    stem = FIXTURES / "snap" / "InP_JCPA2020"
+    path, parameters, include = (stem.with_name(f"{stem.name}.{kind}") for kind in ("snapcoeff", "snapparam", "snap"))
+    model = read_model(path, parameters, include)
+    cutoff = model_cutoff(model.parameters, model.elements, model.zbl)
+    options = snap_options(model_dir, parameters, include)
+    write_card(model_dir, "conformance-snap", path, family="snap", elements="In P", cutoff=cutoff, options=options)
+    return "conformance-snap"
+
+
+def install_committee(model_dir: Path) -> str:
+    """Three Cu MTPs (levels 06, 10, 16) served as one in-process committee: its mean is what is checked."""
+    from .test_committee import write_committee_dir
+
+    write_committee_dir(model_dir)
+    return "cu-committee-local"
+
+
 def install_nequip(model_dir: Path) -> str:
     path = FIXTURES / "nequip" / "nequip-lr_LiCl_nequip0.5.6" / "deployed.pth"
     write_card(model_dir, "conformance-nequip", path, family="nequip", elements="Li Cl", cutoff=4.0)
@@ -143,6 +177,20 @@ def install_orb(model_dir: Path) -> str:
     return "conformance-orb"
 
 
+def install_gap(model_dir: Path) -> str:
+    """A small distance_2b + SOAP GAP of Hf and O fitted with quippy's gap_fit (tests/data/gap/)."""
+    path = HELPERS / "data" / "gap" / "HfO2_2b_soap.xml"
+    write_card(model_dir, "conformance-gap", path, family="gap", elements="Hf O", cutoff=4.5)
+    return "conformance-gap"
+
+
+def install_hdnnp(model_dir: Path) -> str:
+    """n2p2's Cu2S HDNNP (input.nn, scaling.data and two weights files) with its card."""
+    from .test_hdnnp import install_n2p2
+
+    return install_n2p2(model_dir, "Cu2S_PBE", "conformance-hdnnp")
+
+
 @dataclass(frozen=True)
 class Case:
     """How to get a model of one family: ``install`` puts its card (and checkpoint) into the model directory and
@@ -157,6 +205,7 @@ CASES: dict[str, Case] = {
     "chgnet": Case(lambda _: "chgnet-0.3.0"),  # weights in the chgnet wheel
     "mtp": Case(install_mtp),
     "ace": Case(install_ace),
+    "snap": Case(install_snap),
     "nequip": Case(install_nequip),
     "mace": Case(install_mace, environment="mace"),
     "fairchem": Case(install_fairchem, environment="fairchem"),
@@ -164,6 +213,10 @@ CASES: dict[str, Case] = {
     "m3gnet": Case(install_m3gnet, environment="m3gnet"),
     "mattersim": Case(install_mattersim, environment="mattersim"),
     "grace": Case(install_grace, environment="grace"),
+    "pair": Case(install_pair),
+    "gap": Case(install_gap),
+    "hdnnp": Case(install_hdnnp),
+    "committee": Case(install_committee),
 }
 
 

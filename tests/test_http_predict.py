@@ -64,7 +64,7 @@ def test_mixed_batch_equals_one_by_one(server_url: str, model: str) -> None:
 
 def test_concurrent_requests_share_batches(server, server_url: str) -> None:
     """Many one-structure requests in flight at once are evaluated in fewer, larger batches."""
-    worker = server.app.state.mlipserve.directory.models["7net-0"].worker
+    worker = server.app.state.mlipserve.directory.inner.models["7net-0"].worker  # CommitteeDirectory wraps the host
     batches_before, structures_before = worker.batches_run, worker.structures_run
     structures = [bulk("Si", cubic=True) for _ in range(24)]
     with Client(server_url, model="7net-0", chunk_size=1, concurrency=12, progress=False) as c:

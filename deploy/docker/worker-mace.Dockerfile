@@ -17,7 +17,7 @@ ARG RUNTIME_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 
 FROM ${BUILD_IMAGE} AS builder
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-# cuEquivariance kernels (CUDA 12): the MACE backend converts the model to them on a GPU (card option cueq: auto).
+# cuEquivariance kernels (CUDA 12): the MACE backend converts the model to them on a GPU with --cueq.
 ARG CUEQ=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \

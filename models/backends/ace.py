@@ -12,7 +12,9 @@ implementation of the same model, so that a batch of structures is one set of te
 
 Card options: ``pair_table`` + ``pair_table_sha256`` (a LAMMPS table file in the model directory, added to the
 energy), ``dtype`` (float64 by default, or float32) and ``radial`` (``spline``, the default, tabulates the radial
-functions exactly as pacemaker does; ``exact`` evaluates them analytically). The spherical harmonics are
+functions exactly as pacemaker does; ``exact`` evaluates them analytically), and ``active_set`` +
+``active_set_sha256`` (a pacemaker ``.asi`` file: every prediction then carries each atom's γ, ace_gamma.py). The
+spherical harmonics are
 sqrt(4 pi) times the orthonormal complex ones with the Condon-Shortley phase, as pacemaker's. The tests compare
 energies and forces with python-ace's ``PyACECalculator`` on the same files.
 """
@@ -29,6 +31,7 @@ import torch
 from ase.data import atomic_numbers
 
 from ...errors import ErrorCode
+from ..active_sets import Selection
 from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph, neighbor_list
 from ..potential import (
@@ -42,6 +45,7 @@ from ..potential import (
 )
 from ..system import AtomicSystem
 from .ace_format import AceFormatError, AceModel, PairTable, read_pair_table, read_potential
+from .ace_gamma import AceGammaGrader
 from .ace_radial import (
     RadialSpline,
     core_repulsion,
@@ -53,7 +57,7 @@ from .ace_radial import (
     zbl,
 )
 
-_OPTIONS = {"pair_table", "pair_table_sha256", "dtype", "radial"}
+_OPTIONS = {"pair_table", "pair_table_sha256", "dtype", "radial", "active_set", "active_set_sha256"}
 _RADIAL_MODES = ("spline", "exact")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -76,7 +80,11 @@ def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> A
     radial = str(card.options.get("radial", "spline"))
     if radial not in _RADIAL_MODES:
         raise CardError(f"{card.name}: options.radial must be one of {_RADIAL_MODES}, got {radial!r}")
-    return AcePotential(card, model, table, device, _DTYPES[dtype_name], radial=radial)
+    potential = AcePotential(card, model, table, device, _DTYPES[dtype_name], radial=radial)
+    if "active_set" in card.options:
+        potential.grader = AceGammaGrader.from_file(potential, verified_companion(card, "active_set"))
+        potential.uncertainty_kind = "gamma"
+    return potential
 
 
 def verified_companion(card: ModelCard, option: str) -> Path:
@@ -88,12 +96,27 @@ def verified_companion(card: ModelCard, option: str) -> Path:
     return companion.verified_checkpoint()
 
 
+@dataclasses.dataclass
+class AtomicBase:
+    """Per-atom sums over neighbours, feature-major: ``a1`` (species * nradbase, N) rank-1 base ``sum_j g_k``;
+    ``a`` (species * nradmax * (lmax+1)², N) complex ``sum_j R_nl Y_lm``; ``rho_core`` (N,) core-repulsion term;
+    and the edges of each bond that produced them (for the ZBL switch)."""
+
+    a1: torch.Tensor
+    a: torch.Tensor
+    rho_core: torch.Tensor
+    edge_ids: list[torch.Tensor]
+    inner_parts: list[tuple]
+
+
 class AcePotential(Potential):
     """An ACE potential (C-tilde form) evaluated batch-wise in torch."""
 
     implemented_properties = ALL_PROPERTIES
     #: Size of the per-rank (terms x atoms) product tensors that a chunk of atoms may create.
     product_chunk_elements = 1 << 24
+    #: The active set that gives every prediction its γ (card option ``active_set``, ace_gamma.py), or None.
+    grader: AceGammaGrader | None = None
 
     def __init__(
         self,
@@ -224,7 +247,19 @@ class AcePotential(Potential):
                     gradient = torch.zeros_like(vectors)
                 forces, virials = self._forces_and_virials(graph, vectors.detach(), gradient)
                 stress = divide_by_volume(systems, 0.5 * (virials + virials.transpose(0, 2, 1)))
-        return split_batch(systems, properties, energies.detach().double().cpu().numpy(), forces, stress)
+        predictions = split_batch(systems, properties, energies.detach().double().cpu().numpy(), forces, stress)
+        if self.grader is not None:
+            for prediction, uncertainty in zip(predictions, self.grader.uncertainties(self, graph), strict=True):
+                prediction.uncertainty = uncertainty
+        return predictions
+
+    def select(self, systems: Sequence[AtomicSystem], max_count: int, threshold: float = 1.0) -> Selection:
+        """γ of ``systems``, those above ``threshold`` and pace_select's D-optimal subset (ace_gamma.py)."""
+        if self.grader is None:
+            return super().select(systems, max_count, threshold)
+        for system in systems:
+            self.check(system)  # StructureRejected names what this model cannot take
+        return self.grader.select(self, systems, max_count, threshold)
 
     # -- the model ----------------------------------------------------------------------------------------------
 
@@ -254,49 +289,10 @@ class AcePotential(Potential):
         """ACE energy of every atom (embedding, core term, E0) from the edges around it."""
         model, device, dtype = self.model, self.device, self.dtype
         n_species = len(model.elements)
-        centre_species, neighbour_species = species[senders], species[receivers]
-        edge_ids, g_parts, r_parts, core_parts, inner_parts = [], [], [], [], []
-        for (mu_i, mu_j), bond in model.bonds.items():
-            selected = torch.nonzero(
-                (centre_species == mu_i) & (neighbour_species == mu_j) & (lengths < bond.rcut)
-            ).flatten()
-            if selected.numel() == 0:
-                continue
-            r = lengths[selected]
-            if (mu_i, mu_j) in self._splines:
-                values = self._splines[(mu_i, mu_j)](r)
-            else:
-                values = self._exact_radial((mu_i, mu_j), r, crad=self._crad[(mu_i, mu_j)])
-            g = values[:, : bond.nradbase]
-            radial = values[:, bond.nradbase : -1].reshape(-1, bond.nradmax, bond.lmax + 1)
-            core = values[:, -1]
-            edge_ids.append(selected)
-            g_parts.append(torch.nn.functional.pad(g, (0, self.nradbase - g.shape[1])))
-            pad = (0, self.lmax + 1 - radial.shape[2], 0, self.nradmax - radial.shape[1])
-            r_parts.append(torch.nn.functional.pad(radial, pad))
-            core_parts.append(core)
-            inner_parts.append((bond.r_in, bond.delta_in, r))
+        base = self.atomic_base(species, senders, receivers, vectors, lengths, n_atoms)
+        a1, a, rho_core = base.a1, base.a, base.rho_core
+        edge_ids, inner_parts = base.edge_ids, base.inner_parts
         ace_energy = torch.zeros(n_atoms, dtype=dtype, device=device)
-        rho_core = torch.zeros(n_atoms, dtype=dtype, device=device)
-        a1 = torch.zeros(n_atoms * n_species, self.nradbase, dtype=dtype, device=device)
-        n_positive = (self.lmax + 1) * (self.lmax + 2) // 2
-        # feature-major accumulators (components x atom-species slots): edge-wide operations run along the edges
-        a_positive = torch.zeros(self.nradmax * n_positive * 2, n_atoms * n_species, dtype=dtype, device=device)
-        if edge_ids:
-            ids = torch.cat(edge_ids)
-            centres = senders[ids]
-            slots = centres * n_species + neighbour_species[ids]
-            unit = vectors[ids] / lengths[ids, None]
-            ylm = spherical_harmonics(unit, self.lmax)  # (n_positive, 2, E): real and imaginary parts
-            radial = torch.cat(r_parts)[:, :, self._l_of_positive_m]
-            a1 = a1.index_add(0, slots, torch.cat(g_parts))
-            phi = radial.permute(1, 2, 0)[:, :, None, :] * ylm[None]  # (nradmax, n_positive, 2, E)
-            a_positive = a_positive.index_add(1, slots, phi.reshape(-1, slots.shape[0]))
-            rho_core = rho_core.index_add(0, centres, torch.cat(core_parts))
-        # feature-major layout: gathering whole rows (one A component for all atoms) is contiguous
-        a1 = a1.reshape(n_atoms, n_species * self.nradbase).T
-        a_positive = a_positive.reshape(self.nradmax, n_positive, 2, n_atoms, n_species).permute(4, 0, 1, 3, 2)
-        a = self._all_m(torch.view_as_complex(a_positive.contiguous())).reshape(-1, n_atoms)
         for mu0 in range(n_species):
             atoms = torch.nonzero(species == mu0).flatten()
             if atoms.numel() == 0:
@@ -320,6 +316,62 @@ class AcePotential(Potential):
             switch = self._density_switch(rho_core, rho_cut[species].to(dtype), drho_cut[species].to(dtype))
             total = ace_energy * switch + rho_core
         return total + self._e0[species]
+
+    def atomic_base(
+        self,
+        species: torch.Tensor,
+        senders: torch.Tensor,
+        receivers: torch.Tensor,
+        vectors: torch.Tensor,
+        lengths: torch.Tensor,
+        n_atoms: int,
+    ) -> AtomicBase:
+        """The atomic base of every atom (rank 1: ``sum_j g_k``; higher ranks: ``sum_j R_nl Y_lm``) and core term."""
+        model, device, dtype = self.model, self.device, self.dtype
+        n_species = len(model.elements)
+        centre_species, neighbour_species = species[senders], species[receivers]
+        edge_ids, g_parts, r_parts, core_parts, inner_parts = [], [], [], [], []
+        for (mu_i, mu_j), bond in model.bonds.items():
+            selected = torch.nonzero(
+                (centre_species == mu_i) & (neighbour_species == mu_j) & (lengths < bond.rcut)
+            ).flatten()
+            if selected.numel() == 0:
+                continue
+            r = lengths[selected]
+            if (mu_i, mu_j) in self._splines:
+                values = self._splines[(mu_i, mu_j)](r)
+            else:
+                values = self._exact_radial((mu_i, mu_j), r, crad=self._crad[(mu_i, mu_j)])
+            g = values[:, : bond.nradbase]
+            radial = values[:, bond.nradbase : -1].reshape(-1, bond.nradmax, bond.lmax + 1)
+            core = values[:, -1]
+            edge_ids.append(selected)
+            g_parts.append(torch.nn.functional.pad(g, (0, self.nradbase - g.shape[1])))
+            pad = (0, self.lmax + 1 - radial.shape[2], 0, self.nradmax - radial.shape[1])
+            r_parts.append(torch.nn.functional.pad(radial, pad))
+            core_parts.append(core)
+            inner_parts.append((bond.r_in, bond.delta_in, r))
+        rho_core = torch.zeros(n_atoms, dtype=dtype, device=device)
+        a1 = torch.zeros(n_atoms * n_species, self.nradbase, dtype=dtype, device=device)
+        n_positive = (self.lmax + 1) * (self.lmax + 2) // 2
+        # feature-major accumulators (components x atom-species slots): edge-wide operations run along the edges
+        a_positive = torch.zeros(self.nradmax * n_positive * 2, n_atoms * n_species, dtype=dtype, device=device)
+        if edge_ids:
+            ids = torch.cat(edge_ids)
+            centres = senders[ids]
+            slots = centres * n_species + neighbour_species[ids]
+            unit = vectors[ids] / lengths[ids, None]
+            ylm = spherical_harmonics(unit, self.lmax)  # (n_positive, 2, E): real and imaginary parts
+            radial = torch.cat(r_parts)[:, :, self._l_of_positive_m]
+            a1 = a1.index_add(0, slots, torch.cat(g_parts))
+            phi = radial.permute(1, 2, 0)[:, :, None, :] * ylm[None]  # (nradmax, n_positive, 2, E)
+            a_positive = a_positive.index_add(1, slots, phi.reshape(-1, slots.shape[0]))
+            rho_core = rho_core.index_add(0, centres, torch.cat(core_parts))
+        # feature-major layout: gathering whole rows (one A component for all atoms) is contiguous
+        a1 = a1.reshape(n_atoms, n_species * self.nradbase).T
+        a_positive = a_positive.reshape(self.nradmax, n_positive, 2, n_atoms, n_species).permute(4, 0, 1, 3, 2)
+        a = self._all_m(torch.view_as_complex(a_positive.contiguous())).reshape(-1, n_atoms)
+        return AtomicBase(a1=a1, a=a, rho_core=rho_core, edge_ids=edge_ids, inner_parts=inner_parts)
 
     def _product_densities(self, a: torch.Tensor, index: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         """``sum_terms Re(prod_t A[index[term, t]]) * coefficients[term]`` per atom, in chunks of atoms.

@@ -94,6 +94,9 @@ class CTildeFunction:
     ls: tuple[int, ...]
     ms: np.ndarray  # (num_ms_combs, rank) int
     ctildes: np.ndarray  # (num_ms_combs, ndensity) float
+    #: (num_ms_combs,) the generalized Clebsch-Gordan coefficients of a B-basis function (``ctildes`` = gen_cgs ⊗
+    #: its coefficients), for its B-projection (ace_gamma.py); None when read from a ``.yace`` file.
+    gen_cgs: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -406,7 +409,8 @@ def couple_bbasis_function(
         return None
     ms = np.array([m for m, _ in pairs], dtype=np.int64).reshape(-1, rank)
     cg = np.array([c for _, c in pairs], dtype=np.float64)
-    return CTildeFunction(mu0=mu0, mus=mus, ns=ns, ls=ls, ms=ms, ctildes=cg[:, None] * coefficients[None, :])
+    ctildes = cg[:, None] * coefficients[None, :]
+    return CTildeFunction(mu0=mu0, mus=mus, ns=ns, ls=ls, ms=ms, ctildes=ctildes, gen_cgs=cg)
 
 
 def expand_intermediate_ls(ls: tuple[int, ...], lint: tuple[int, ...]) -> tuple[int, ...]:

@@ -81,8 +81,9 @@ def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> M
 class MACEPotential(Potential):
     """A mace-torch model that evaluates whole batches, in float32 (default) or float64 (card ``options.dtype``).
 
-    Card options: ``dtype`` (``float32`` | ``float64``), ``head`` (for multi-head models), ``cueq`` (``auto``
-    uses cuEquivariance kernels on a GPU when ``cuequivariance_torch`` is installed; ``false`` never does).
+    Card options: ``dtype`` (``float32`` | ``float64``), ``head`` (for multi-head models), ``cueq`` (``false``,
+    the default, never uses cuEquivariance kernels; ``true`` requires them; ``auto`` uses them on a GPU when
+    ``cuequivariance_torch`` is installed).
     """
 
     implemented_properties = ALL_PROPERTIES
@@ -217,7 +218,8 @@ def _pick_head(card: ModelCard, heads: list[str]) -> str:
 
 def _wants_cueq(card: ModelCard, device: torch.device) -> bool:
     """Whether to convert the model to cuEquivariance kernels (``options.cueq``: auto, true, false)."""
-    choice = str(card.options.get("cueq", "auto")).lower()
+    # off by default: the kernels change the float32 numbers (issue 15); `serve --cueq` or the card turn them on
+    choice = str(card.options.get("cueq", "false")).lower()
     if choice not in ("auto", "true", "false"):
         raise CardError(f"{card.name}: options.cueq must be auto, true or false, not {choice!r}")
     available = device.type == "cuda" and importlib.util.find_spec("cuequivariance_torch") is not None

@@ -24,7 +24,8 @@ The ``.mtp`` file names no elements: the model card's ``elements`` list gives th
 in species-index order (``elements: Fe Co Ni`` means species 0 is Fe, 1 is Co, 2 is Ni), so the potential's
 elements are the card's by design, and what is checked against the file is their number (``species_count``). The
 cutoff is the file's ``max_dist``, which the card's must equal. ``options.dtype`` may be ``float32`` (default
-``float64``).
+``float64``). ``options.active_set`` (training configurations) makes every prediction carry its extrapolation
+grade (mtp_grade.py).
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers, chemical_symbols
 
+from ..active_sets import Selection
 from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph
 from ..potential import ALL_PROPERTIES, Potential, Prediction, divide_by_volume, needs_gradients, split_batch
+from ..prediction import FORCES, STRESS
 from ..system import AtomicSystem
+from ..tensor_batch import TensorBatch, TensorPrediction
 from .mtp_format import MTPFile, read_mtp
+from .mtp_grade import MTPGrader, load_grader
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -52,7 +57,11 @@ def load_potential(card: ModelCard, checkpoint: Path, device: torch.device) -> M
     dtype_name = str(card.options.get("dtype", "float64"))
     if dtype_name not in _DTYPES:
         raise CardError(f"{card.name}: options.dtype must be one of {sorted(_DTYPES)}, not {dtype_name!r}")
-    return MTPPotential(card, read_mtp(checkpoint), device, _DTYPES[dtype_name])
+    potential = MTPPotential(card, read_mtp(checkpoint), device, _DTYPES[dtype_name])
+    potential.grader = load_grader(card, potential)
+    if potential.grader is not None:
+        potential.uncertainty_kind = "grade"
+    return potential
 
 
 @dataclass
@@ -68,6 +77,8 @@ class MTPPotential(Potential):
     """A trained MTP that evaluates whole batches of structures in one pass."""
 
     implemented_properties = ALL_PROPERTIES
+    #: The active set that grades every prediction (card option ``active_set``, mtp_grade.py), or None.
+    grader: MTPGrader | None = None
 
     def __init__(
         self, card: ModelCard, mtp: MTPFile, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
@@ -107,9 +118,65 @@ class MTPPotential(Potential):
         self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES
     ) -> list[Prediction]:
         """Evaluate all ``systems`` in one pass; gradients are taken only for forces or stress."""
-        output = self.evaluate(build_graph(systems, self.cutoff), need_grad=needs_gradients(properties))
+        graph = build_graph(systems, self.cutoff)
+        output = self.evaluate(graph, need_grad=needs_gradients(properties))
         stress = None if output.virial is None else divide_by_volume(systems, -output.virial)  # ASE: -W / V
-        return split_batch(systems, properties, output.energy, output.forces, stress)
+        predictions = split_batch(systems, properties, output.energy, output.forces, stress)
+        if self.grader is not None:
+            for prediction, uncertainty in zip(predictions, self.grader.uncertainties(self, graph), strict=True):
+                prediction.uncertainty = uncertainty
+        return predictions
+
+    def select(self, systems: Sequence[AtomicSystem], max_count: int, threshold: float = 1.0) -> Selection:
+        """Grades of ``systems``, those above ``threshold`` and MaxVol's D-optimal subset (mtp_grade.py)."""
+        if self.grader is None:
+            return super().select(systems, max_count, threshold)
+        for system in systems:
+            self.check(system)  # StructureRejected names what this model cannot take
+        return self.grader.select(self, systems, max_count, threshold)
+
+    @property
+    def tensor_native(self) -> bool:
+        """The tensor path stays on the device, except with an active set (its grades are computed on the host)."""
+        return self.grader is None
+
+    def predict_tensors(self, batch: TensorBatch, properties: Sequence[str] = ALL_PROPERTIES) -> TensorPrediction:
+        """Evaluate a device batch without a host round trip: edges from ``batch.neighbor_list``, then as
+        :meth:`evaluate` does (the same edge order, so the same sums); falls back with an active set."""
+        if not self.tensor_native or batch.n_systems == 0:
+            return super().predict_tensors(batch, properties)
+        need_grad = needs_gradients(properties)
+        edges = batch.neighbor_list(self.cutoff)
+        vectors64 = batch.edge_vectors(edges)
+        keep = torch.nonzero((vectors64 * vectors64).sum(dim=1) < self.cutoff**2).flatten()  # r < max_dist
+        order = keep[torch.argsort(edges.senders[keep], stable=True)]
+        n_atoms, n_systems, device = int(batch.positions.shape[0]), batch.n_systems, self.device
+        senders, receivers = edges.senders[order].to(device), edges.receivers[order].to(device)
+        counts = torch.bincount(senders, minlength=n_atoms)
+        slots = torch.arange(senders.shape[0], device=device) - (torch.cumsum(counts, 0) - counts)[senders]
+        index = EdgeIndex(senders, receivers, slots, int(counts.max()) if n_atoms else 0)
+        species_of = torch.as_tensor(self.species_of, device=device)
+        atom_batch = batch.batch.to(device)
+        with torch.inference_mode(False), torch.set_grad_enabled(need_grad):
+            vectors = vectors64[order].detach().to(device, self.dtype).requires_grad_(need_grad)
+            site = self.site_energies(vectors, index, species_of[batch.numbers.to(device)])
+            energy = torch.zeros(n_systems, dtype=self.dtype, device=device).index_add(0, atom_batch, site)
+            gradient = torch.zeros_like(vectors)
+            if need_grad and vectors.shape[0] > 0:
+                (gradient,) = torch.autograd.grad(energy.sum(), vectors)
+        result = TensorPrediction(energy.detach().to(torch.float64))
+        if need_grad:
+            zeros = torch.zeros((n_atoms, 3), dtype=self.dtype, device=device)
+            forces = zeros.index_add(0, senders, gradient).index_add(0, receivers, gradient, alpha=-1)
+            edge_virial = -gradient[:, :, None] * vectors.detach()[:, None, :]
+            virial = torch.zeros((n_systems, 3, 3), dtype=self.dtype, device=device)
+            virial = virial.index_add(0, atom_batch[senders], edge_virial).to(torch.float64)
+            virial = 0.5 * (virial + virial.transpose(1, 2))
+            volume = batch.volumes().to(device)
+            stress = torch.where(volume[:, None, None] > 0, -virial / volume.clamp(min=1e-300)[:, None, None], 0.0)
+            result.forces = forces.to(torch.float64) if FORCES in properties else None
+            result.stress = stress if STRESS in properties else None
+        return result
 
     def evaluate(self, graph: BatchedGraph, need_grad: bool = True) -> MTPOutput:
         """Energies of every system of ``graph``; with ``need_grad`` also forces and MLIP's virials."""
@@ -142,11 +209,28 @@ class MTPPotential(Potential):
 
     def site_energies(self, vectors: torch.Tensor, edges: EdgeIndex, species: torch.Tensor) -> torch.Tensor:
         """(N,) energy of each atom from the (E, 3) vectors of its edges to neighbours closer than max_dist."""
+        return self._species_coeffs[species] + self._moment_coeffs @ self.basis_values(vectors, edges, species)
+
+    def basis_values(
+        self,
+        vectors: torch.Tensor,
+        edges: EdgeIndex,
+        species: torch.Tensor,
+        radial_coeffs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(alpha_scalar_moments, N) the scalar moments ``M_{mapping[k]}(i)`` that the moment coefficients weigh.
+
+        ``radial_coeffs`` (N, S, R, F), each atom's own copy of its species' radial coefficients (for the
+        derivatives of each site energy by them, mtp_grade.py); the model's when None.
+        """
         mtp = self.mtp
         distance = torch.linalg.vector_norm(vectors, dim=1)
         basis = chebyshev_basis(distance, mtp.min_dist, mtp.max_dist, mtp.radial_basis_size, mtp.scaling)
-        pair = species[edges.senders] * mtp.species_count + species[edges.receivers]
-        radial = torch.bmm(basis[:, None, :], self._radial[pair])[:, 0]  # (E, F): f_mu = sum_k c[pair, k, mu] Q_k
+        if radial_coeffs is None:
+            coefficients = self._radial[species[edges.senders] * mtp.species_count + species[edges.receivers]]
+        else:
+            coefficients = radial_coeffs[edges.senders, species[edges.receivers]]
+        radial = torch.bmm(basis[:, None, :], coefficients)[:, 0]  # (E, F): f_mu = sum_k c[pair, k, mu] Q_k
 
         # Basic moments as one batched matrix product per atom over its neighbour slots (zero-padded):
         # sum_j m_p(u_ij) f_mu(r_ij) = (M_i R_i)[p, mu], with M_i (P, slots) the monomials, R_i (slots, F).
@@ -160,7 +244,7 @@ class MTPPotential(Potential):
         moments = torch.cat([basic, composite], dim=0)
         for first, second, mult, target in self._waves:
             moments = moments.index_add(0, target, mult[:, None] * moments[first] * moments[second])
-        return self._species_coeffs[species] + self._moment_coeffs @ moments[self._mapping]
+        return moments[self._mapping]
 
     def _monomials(self, unit: torch.Tensor) -> torch.Tensor:
         """(N, P, slots) monomials of the (N, 3, slots) unit vectors, one gather and one product per degree."""

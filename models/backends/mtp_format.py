@@ -359,3 +359,46 @@ def _check_count(entries: dict[str, tuple[int, str]], key: str, actual: int) -> 
     declared = _int_entry(entries, key)
     if declared != actual:
         raise MTPFormatError(f"{key} = {declared}, but the list has {actual} entries")
+
+
+@dataclass
+class CfgStructure:
+    """One configuration of an MLIP ``.cfg`` file: what the extrapolation grade needs of it (mtp_grade.py)."""
+
+    types: np.ndarray  # (n,) MTP species index of each atom
+    positions: np.ndarray  # (n, 3) Å
+    cell: np.ndarray | None  # (3, 3) Å, rows are lattice vectors; None for a molecule
+
+
+def read_cfg(path: str | Path) -> list[CfgStructure]:
+    """The configurations of an MLIP ``.cfg`` file (``BEGIN_CFG`` ... ``END_CFG``: ``Size``, an optional
+    ``Supercell``, ``AtomData`` with ``type`` and ``cartes_x/y/z`` columns); energies and forces are not read."""
+    lines = Path(path).read_text().splitlines()
+    structures, current, index = [], None, 0
+    while index < len(lines):
+        words = lines[index].split()
+        key = words[0].rstrip(":") if words else ""
+        if key == "BEGIN_CFG":
+            current = {"cell": None, "size": 0}
+        elif key == "END_CFG" and current is not None:
+            if "types" not in current:
+                raise MTPFormatError(f"{path}: line {index + 1}: a configuration without AtomData")
+            structures.append(CfgStructure(current["types"], current["positions"], current["cell"]))
+            current = None
+        elif current is not None and key == "Size":
+            current["size"] = int(lines[index + 1])
+            index += 1
+        elif current is not None and key == "Supercell":
+            current["cell"] = np.array([[float(v) for v in lines[index + k].split()] for k in (1, 2, 3)])
+            index += 3
+        elif current is not None and key == "AtomData":
+            columns = {name: position for position, name in enumerate(words[1:])}
+            if not {"type", "cartes_x", "cartes_y", "cartes_z"} <= set(columns):
+                raise MTPFormatError(f"{path}: line {index + 1}: AtomData needs type and cartes_x/y/z columns")
+            rows = np.array([[float(v) for v in lines[index + 1 + k].split()] for k in range(current["size"])])
+            rows = rows.reshape(-1, len(columns))
+            current["types"] = rows[:, columns["type"]].astype(np.int64)
+            current["positions"] = rows[:, [columns["cartes_x"], columns["cartes_y"], columns["cartes_z"]]]
+            index += current["size"]
+        index += 1
+    return structures

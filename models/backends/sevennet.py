@@ -27,7 +27,9 @@ from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph
 from ..loading import NUMPY_ARRAYS, load_weights_only
 from ..potential import ALL_PROPERTIES, MIN_VOLUME, Potential, Prediction, needs_gradients, split_batch
+from ..prediction import FORCES, STRESS
 from ..system import AtomicSystem
+from ..tensor_batch import TensorBatch, TensorPrediction
 
 try:  # sevenn is the optional dependency of this family; the registry reports a missing package clearly
     import sevenn._keys as KEY
@@ -90,7 +92,7 @@ class SevenNetPotential(Potential):
         self.cutoff = float(config[KEY.CUTOFF])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
-            model = sevenn_checkpoint.build_model()
+            model = sevenn_checkpoint.build_model(enable_cueq=_wants_cueq(card))
         model.set_is_batch_data(True)
         self.model: AtomGraphSequential = model.to(self.device).eval()
         for parameter in self.model.parameters():
@@ -131,6 +133,69 @@ class SevenNetPotential(Potential):
             stress = -stress[:, _STRESS_INDEX]
 
         return split_batch(systems, properties, energy, forces, stress)
+
+    @property
+    def tensor_native(self) -> bool:
+        return True
+
+    def predict_tensors(self, batch: TensorBatch, properties: Sequence[str] = ALL_PROPERTIES) -> TensorPrediction:
+        """Evaluate a device batch without a host round trip: the same model input as :meth:`predict_batch`
+        builds, from ``batch.neighbor_list`` (edges beyond the cutoff, from a skin list, are left out)."""
+        if batch.n_systems == 0:
+            return super().predict_tensors(batch, properties)
+        edges = batch.neighbor_list(self.cutoff)
+        vectors = batch.edge_vectors(edges)
+        keep = torch.nonzero(torch.linalg.vector_norm(vectors, dim=1) < self.cutoff).flatten()
+        device, dtype = self.device, self.dtype
+        volumes = batch.volumes()
+        volumes = torch.where(volumes < MIN_VOLUME, 1.0, volumes)  # as _to_sevenn: a molecule's stress stays finite
+        numbers = batch.numbers.to(device)
+        data = AtomGraphData(
+            x=numbers.clone(),
+            edge_index=torch.stack([edges.senders[keep], edges.receivers[keep]]).to(device),
+            pos=batch.positions.to(device, dtype),
+            **{
+                KEY.ATOMIC_NUMBERS: numbers,
+                KEY.EDGE_VEC: vectors[keep].to(device, dtype),
+                KEY.CELL: batch.cells.to(device, dtype),
+                KEY.CELL_SHIFT: edges.shifts[keep].to(device, dtype),
+                KEY.CELL_VOLUME: volumes.to(device, dtype),
+                KEY.NUM_ATOMS: batch.n_atoms.to(device),
+                KEY.BATCH: batch.batch.to(device),
+            },
+        )
+        if self.modal is not None:
+            data[KEY.DATA_MODALITY] = [self.modal] * batch.n_systems
+        need_grad = needs_gradients(properties)
+        output = self._run(data, need_grad)
+        result = TensorPrediction(output[KEY.PRED_TOTAL_ENERGY].detach().reshape(-1).to(torch.float64))
+        if need_grad:
+            n_atoms = int(batch.positions.shape[0])
+            if KEY.PRED_FORCE in output:
+                forces = output[KEY.PRED_FORCE].detach().reshape(n_atoms, 3).to(torch.float64)
+            else:
+                forces = torch.zeros((n_atoms, 3), dtype=torch.float64, device=device)
+            if KEY.PRED_STRESS in output:
+                voigt = output[KEY.PRED_STRESS].detach().reshape(-1, 6).to(torch.float64)
+                stress = -voigt[:, torch.as_tensor(_STRESS_INDEX, device=device)]  # ASE's sign, 3×3
+            else:
+                stress = torch.zeros((batch.n_systems, 3, 3), dtype=torch.float64, device=device)
+            has_volume = batch.volumes().to(device) > 0
+            result.forces = forces if FORCES in properties else None
+            result.stress = torch.where(has_volume[:, None, None], stress, 0.0) if STRESS in properties else None
+        return result
+
+    def _run(self, data: AtomGraphData, need_grad: bool) -> AtomGraphData:
+        """Run the model on its input; without ``need_grad`` skip its force/stress module (as :meth:`_forward`)."""
+        if need_grad:
+            with torch.inference_mode(False), torch.enable_grad():
+                return self.model(data)
+        with torch.no_grad():
+            data = self.model._preprocess(data)
+            for module in self.model:
+                if not isinstance(module, ForceStressOutputFromEdge):
+                    data = module(data)
+        return data
 
     def _to_sevenn(self, graph: BatchedGraph) -> AtomGraphData:
         """The batched input of a SevenNet model (the keys a PyG ``Batch`` of ``AtomGraphData`` carries)."""
@@ -175,6 +240,14 @@ class SevenNetPotential(Potential):
                 if not isinstance(module, ForceStressOutputFromEdge):
                     data = module(data)
         return data
+
+
+def _wants_cueq(card: ModelCard) -> bool:
+    """Whether to build the model with cuEquivariance kernels (``options.cueq``: false, the default, or true)."""
+    choice = str(card.options.get("cueq", "false")).lower()
+    if choice not in ("true", "false"):
+        raise CardError(f"{card.name}: options.cueq must be true or false, not {choice!r}")
+    return choice == "true"
 
 
 def _numpy(output: AtomGraphData, key: str, shape: tuple[int, int]) -> np.ndarray:

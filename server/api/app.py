@@ -24,12 +24,13 @@ from ..config import ServerSettings
 from ..keys import Scope
 from ..transport.base import Broker, BrokerError, ModelDirectory
 from .auth import Authenticator
+from .committee import CommitteeBroker, CommitteeDirectory
 from .context import AppState
 from .errors import RequestError
 from .jobs import JobManager
 from .limits import BodyLimitMiddleware, BodyLimits
 from .observe import ObservingMiddleware
-from .routes import health, jobs, models, page, predict, relax, status
+from .routes import health, jobs, models, page, predict, relax, select, status
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -51,6 +52,8 @@ def create_api(
 
     ``auth`` admits requests (default: no keys, an open API).
     """
+    directory = CommitteeDirectory(directory, registry)  # committees served by their members (committee.py)
+    broker = CommitteeBroker(broker, directory)
     state = AppState(settings, registry, broker, directory)
     if auth is not None:
         state.auth = auth
@@ -79,6 +82,7 @@ def create_api(
 
     app.include_router(predict.create_router(state), dependencies=admitting(Scope.PREDICT))
     app.include_router(relax.create_router(state), dependencies=admitting(Scope.RELAX))
+    app.include_router(select.create_router(state), dependencies=admitting(Scope.PREDICT))
     app.include_router(jobs.create_router(state, job_manager), dependencies=admitting(Scope.JOBS))
     app.include_router(models.create_router(state), dependencies=admitting(None))
     app.include_router(status.create_router(state, job_manager), dependencies=admitting(Scope.ADMIN))

@@ -13,6 +13,7 @@ from ..engine.tasks import Task, TaskResult
 from ..quotas import LocalQuotas
 from ..transport.base import Broker, ModelDirectory, ModelState, ModelStatus
 from .auth import Authenticator
+from .committee import CommitteeDirectory
 from .errors import RequestError
 from .ingest import check_structure_count
 from .observe import ApiMetrics
@@ -59,6 +60,11 @@ class AppState:
         if status.state is ModelState.FAILED:
             raise RequestError(503, ErrorCode.MODEL_UNAVAILABLE, f"model {name!r} is unavailable: {status.error}")
         return card, status
+
+    async def check_relaxable(self, card: ModelCard) -> None:
+        """Refuse (422) to relax with a model that cannot relax here (a committee served by its members apart)."""
+        if isinstance(self.directory, CommitteeDirectory):
+            await self.directory.check_relaxable(card)
 
     def scales_from_zero(self, name: str) -> bool:
         """Whether work for ``name`` is queued while no worker serves it (an autoscaler will start one)."""

@@ -26,6 +26,34 @@ RELAX_PROPERTIES = ("energy", "forces", "stress")
 
 Prepared = Task | StructureError
 
+#: A request of at most this many atoms, all given as arrays, is decoded and validated on the event loop: that
+#: takes a fraction of a millisecond, less than the hop to a worker thread and back (two thread wake-ups, each
+#: milliseconds on a busy machine; ``benchmarks/bench_latency.py``). Larger ones, and files to parse, go to a thread.
+INLINE_ATOMS = 64
+
+
+def quick_to_prepare(structures: Sequence[Any]) -> bool:
+    """Whether ``structures`` are few small arrays (see :data:`INLINE_ATOMS`), judged by their shapes alone."""
+    atoms = 0
+    for data in structures:
+        positions = data.get("positions") if isinstance(data, dict) else None
+        if not isinstance(positions, list) or "text" in data or "sites" in data:
+            return False
+        atoms += len(positions)
+        if atoms > INLINE_ATOMS or not all(isinstance(row, list) and len(row) == 3 for row in positions):
+            return False
+        cell = data.get("cell")
+        if cell is not None and not (isinstance(cell, list) and len(cell) == 3 and all(_row3(row) for row in cell)):
+            return False
+        species = data.get("numbers", data.get("symbols"))
+        if not isinstance(species, list) or len(species) != len(positions):
+            return False
+    return True
+
+
+def _row3(row: Any) -> bool:
+    return isinstance(row, list) and len(row) == 3
+
 
 def prepare_tasks(
     structures: Sequence[Any],

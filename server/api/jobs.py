@@ -98,6 +98,8 @@ class Job:
     worker_known: bool = False
     #: The name of the API key that made the job (None on a server without keys); only it (or admin) sees it.
     owner: str | None = None
+    #: Whether result lines carry per-atom uncertainty (the request's ``"uncertainty": "per_atom"``).
+    uncertainty_per_atom: bool = False
     runner: asyncio.Task[None] | None = field(default=None, repr=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -370,7 +372,7 @@ class JobManager:
             job.model_info, job.worker_known = model_info(card, status, results), True
         job.record(
             [
-                (index, result_entry(result, index, task.n_atoms, job.properties))
+                (index, result_entry(result, index, task.n_atoms, job.properties, job.uncertainty_per_atom))
                 for (index, task), result in zip(chunk, results, strict=True)
             ]
         )

@@ -88,6 +88,9 @@ class ApiMetrics:
         )
         self.workers = Gauge("mlipserve_workers", "Live workers serving the model", ["model"], registry=registry)
         self.jobs = Gauge("mlipserve_jobs", "Jobs this server holds, by state", ["state"], registry=registry)
+        self.batch_budget = Gauge(
+            "mlipserve_batch_atoms_budget", "Atoms a worker's batch may hold", ["model", "worker"], registry=registry
+        )
 
     def count_results(self, tasks: Sequence[Task], results: Sequence[TaskResult]) -> None:
         """Count the work that ``results`` (answers to ``tasks``, in order) represent."""
@@ -102,6 +105,9 @@ class ApiMetrics:
         """Set the gauges from the models' statuses and the jobs' states, just before a scrape."""
         for name, status in statuses.items():
             self.workers.labels(name).set(len(status.workers))
+            for worker in status.workers:
+                if worker.get("batch_budget"):
+                    self.batch_budget.labels(name, str(worker.get("id"))).set(worker["batch_budget"]["max_atoms"])
             for gauge, value in ((self.queued, status.queued), (self.pending, status.pending)):
                 if value is not None:
                     gauge.labels(name).set(value)

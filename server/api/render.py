@@ -10,7 +10,8 @@ import orjson
 from fastapi.responses import Response
 
 from ...models.cards import ModelCard
-from ..dynamics.relaxation import RelaxOutcome
+from ...models.prediction import Uncertainty
+from ..dynamics.outcome import RelaxOutcome
 from ..engine.tasks import TaskResult
 from ..transport.base import ModelStatus
 from .errors import StructureError
@@ -26,8 +27,10 @@ class JSONBody(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def result_entry(result: TaskResult, index: int, n_atoms: int, properties: Sequence[str]) -> dict[str, Any]:
-    """The JSON entry of ``result`` as structure ``index`` of a response."""
+def result_entry(
+    result: TaskResult, index: int, n_atoms: int, properties: Sequence[str], per_atom: bool = False
+) -> dict[str, Any]:
+    """The JSON entry of ``result`` as structure ``index`` of a response; ``per_atom``: with per-atom uncertainty."""
     if result.prediction is None:
         code = result.error_code.value if result.error_code is not None else None
         return {"error": {"code": code, "message": f"structure {index}: {result.error_message}"}}
@@ -37,8 +40,22 @@ def result_entry(result: TaskResult, index: int, n_atoms: int, properties: Seque
         entry["forces"] = np.asarray(prediction.forces, dtype=np.float64)
     if "stress" in properties:
         entry["stress"] = None if prediction.stress is None else np.asarray(prediction.stress, dtype=np.float64)
+    if prediction.uncertainty is not None:
+        entry["uncertainty"] = uncertainty_entry(prediction.uncertainty, per_atom, result.uncertainty_max)
     if result.relaxation is not None:
         entry |= relaxation_entry(result.relaxation)
+    return entry
+
+
+def uncertainty_entry(uncertainty: Uncertainty, per_atom: bool, largest: float | None = None) -> dict[str, Any]:
+    """A structure's ``uncertainty``: kind, value and named figures; per atom when asked for; for a relaxation,
+    ``max_along_path``."""
+    entry: dict[str, Any] = {"kind": uncertainty.kind, "value": float(uncertainty.value)}
+    entry |= {name: float(value) for name, value in uncertainty.components.items()}
+    if largest is not None:
+        entry["max_along_path"] = float(largest)
+    if per_atom and uncertainty.per_atom is not None:
+        entry["per_atom"] = np.asarray(uncertainty.per_atom, dtype=np.float64)
     return entry
 
 
@@ -61,7 +78,7 @@ def relaxation_entry(outcome: RelaxOutcome) -> dict[str, Any]:
 
 
 def response_entries(
-    prepared: Sequence[Prepared], results: Sequence[TaskResult], properties: Sequence[str]
+    prepared: Sequence[Prepared], results: Sequence[TaskResult], properties: Sequence[str], per_atom: bool = False
 ) -> list[dict[str, Any]]:
     """The ``results`` list of a response, in input order: results for tasks, error entries for the rest."""
     remaining = iter(results)
@@ -70,7 +87,7 @@ def response_entries(
         if isinstance(item, StructureError):
             entries.append({"error": item.as_dict()})
         else:
-            entries.append(result_entry(next(remaining), index, item.n_atoms, properties))
+            entries.append(result_entry(next(remaining), index, item.n_atoms, properties, per_atom))
     return entries
 
 

@@ -14,7 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from ... import protocol
 from ...models.registry import DEFAULT_MODEL
-from ...protocol import Property, RelaxOptions
+from ...protocol import Property, RelaxOptions, StopReason, UncertaintyDetail
+
+UNCERTAINTY_DETAIL_DOC = (
+    "For models that report an uncertainty (an MTP or ACE active set, a committee): `summary` gives its kind, "
+    "value and named figures; `per_atom` adds each atom's figure."
+)
 
 
 class ArraysStructure(BaseModel):
@@ -80,6 +85,7 @@ class PredictRequest(BaseModel):
     )
     structures: StructureList = Field(description=STRUCTURE_FORMS_DOC)
     properties: list[Property] = Field(["energy", "forces", "stress"], description="What to compute.")
+    uncertainty: UncertaintyDetail = Field("summary", description=UNCERTAINTY_DETAIL_DOC)
 
 
 class _RelaxOptionsModel(BaseModel):
@@ -123,6 +129,7 @@ class RelaxRequest(RelaxSettings):
     model: str | None = Field(None, description="Model name; default: the server's first served model.")
     structures: StructureList = Field(description=STRUCTURE_FORMS_DOC)
     fixed: list[list[int] | None] | None = FixedAtoms
+    uncertainty: UncertaintyDetail = Field("summary", description=UNCERTAINTY_DETAIL_DOC)
 
 
 class JobRequest(PredictRequest):
@@ -149,6 +156,24 @@ class ErrorEntry(BaseModel):
     error: ErrorDetail
 
 
+class UncertaintyInfo(BaseModel):
+    """How far a structure lies outside what the model knows, from models that measure it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["grade", "gamma", "committee"] = Field(
+        description="grade: MTP's extrapolation grade (MaxVol); gamma: ACE's γ (D-optimality); committee: the "
+        "members' spread. Further fields name figures of the kind, e.g. a committee's energy_std_per_atom (eV/atom), "
+        "forces_std_max and forces_std_mean (eV/Å), stress_std_max (eV/Å³)."
+    )
+    value: float = Field(
+        description="The structure's figure: its grade (configuration mode) or largest per-atom grade or γ (above 1: "
+        "extrapolating), or a committee's largest per-atom force spread (eV/Å)."
+    )
+    per_atom: list[float] | None = Field(None, description='Each atom\'s figure, with "uncertainty": "per_atom".')
+    max_along_path: float | None = Field(None, description="Relaxations: the largest value at any step.")
+
+
 class StructureResult(BaseModel):
     energy: float = Field(description="Total energy, eV.")
     energy_per_atom: float = Field(description="eV/atom.")
@@ -156,6 +181,7 @@ class StructureResult(BaseModel):
     stress: list[list[float]] | None = Field(
         None, description="3×3 Cauchy stress, eV/Å³, ASE sign (tensile positive); null for non-periodic structures."
     )
+    uncertainty: UncertaintyInfo | None = Field(None, description="Only from models that report an uncertainty.")
 
 
 class RelaxedStructure(BaseModel):
@@ -176,8 +202,9 @@ class RelaxResult(StructureResult):
     structure: RelaxedStructure = Field(description="The final geometry; energy, forces and stress are its own.")
     steps: int = Field(description="Optimizer steps taken.")
     converged: bool
-    stop_reason: Literal["converged", "max_steps", "exploded"] = Field(
-        description="exploded: a force above 1000 eV/Å, a non-finite value, or a cell stretched beyond 2× or 1/2×."
+    stop_reason: StopReason = Field(
+        description="exploded: a force above 1000 eV/Å, a non-finite value, or a cell stretched beyond 2× or 1/2×; "
+        "extrapolating: the uncertainty went above max_grade (the structure is that geometry)."
     )
     fmax: float = Field(description="Largest generalised force (atoms and cell rows) at the final geometry, eV/Å.")
     trajectory: list[Frame] | None = Field(None, description="Frames every trajectory_every steps, and the last.")
@@ -204,3 +231,38 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 404, 413, 422, 503)
 }
+
+
+class SelectRequest(BaseModel):
+    """Candidates to grade, and how many to pick for DFT."""
+
+    model_config = _example(
+        [[0, 0, 0], [1.3575, 1.3575, 1.3575]],
+        [[0, 2.715, 2.715], [2.715, 0, 2.715], [2.715, 2.715, 0]],
+        max_count=10,
+        threshold=1.0,
+    )
+
+    model: str | None = Field(None, description="A model with an active set (MTP grade, ACE γ); default: the first.")
+    structures: StructureList = Field(description="The candidates. " + STRUCTURE_FORMS_DOC)
+    max_count: int = Field(10, ge=0, le=100_000, description="At most this many in the D-optimal subset.")
+    threshold: float = Field(1.0, gt=0, description="Candidates graded above this are listed in `above`.")
+    uncertainty: UncertaintyDetail = Field("summary", description="`per_atom`: each candidate's per-atom grades too.")
+
+
+class CandidateGrade(BaseModel):
+    grade: float = Field(description="The candidate's grade or largest per-atom γ (above 1: extrapolating).")
+    per_atom: list[float] | None = Field(None, description='Per-atom grades, with "uncertainty": "per_atom".')
+
+
+class SelectResponse(BaseModel):
+    model: ModelInfo
+    results: list[CandidateGrade | ErrorEntry] = Field(description="One entry per candidate, in input order.")
+    above: list[int] = Field(description="Indices of the candidates graded above the threshold, ascending.")
+    selected: list[int] = Field(
+        description="Indices of the D-optimal subset (MaxVol against the model's active set), at most max_count."
+    )
+    extxyz: str = Field(
+        description="The selected candidates as extended XYZ, ready for DFT: info `index` (in the request), `grade`, "
+        "`above_threshold`, `model`."
+    )

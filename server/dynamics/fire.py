@@ -1,7 +1,7 @@
-"""FIRE for many structures at once, with ASE's update rule.
+"""FIRE for many structures at once, with ASE's update rule, as torch tensors on the model's device.
 
 Every structure has its own time step, mixing parameter and step counter, exactly as one ``ase.optimize.FIRE``
-per structure would, but the update runs as a few array operations over the rows of all structures together.
+per structure would, but the update runs as a few tensor operations over the rows of all structures together.
 Written here rather than taken from a library because the batch changes every step (structures that converged
 leave, waiting ones join), which neither ASE (one optimizer per structure) nor torch-sim's state objects allow
 without copying; the tests check it step by step against ASE.
@@ -9,9 +9,10 @@ without copying; the tests check it step by step against ASE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -32,86 +33,86 @@ class BatchedFire:
     """FIRE state of a changing set of structures, each owning a contiguous block of rows (degrees of freedom).
 
     ``owner[r]`` is the structure of row ``r``; structures are numbered 0..k-1 in the order they were added,
-    renumbered when some are removed.
+    renumbered when some are removed. All state is float64 on ``device``.
     """
 
-    def __init__(self, parameters: FireParameters | None = None):
+    def __init__(self, parameters: FireParameters | None = None, device: torch.device | str = "cpu"):
         self.parameters = parameters or FireParameters()
-        self.velocity = np.zeros((0, 3))
-        self.owner = np.zeros(0, dtype=np.int64)
-        self.dt = np.zeros(0)
-        self.alpha = np.zeros(0)
-        self.n_positive = np.zeros(0, dtype=np.int64)
+        self.device = torch.device(device)
+        self.velocity = torch.zeros((0, 3), dtype=torch.float64, device=self.device)
+        self.owner = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.dt = torch.zeros(0, dtype=torch.float64, device=self.device)
+        self.alpha = torch.zeros(0, dtype=torch.float64, device=self.device)
+        self.n_positive = torch.zeros(0, dtype=torch.int64, device=self.device)
         #: Whether a structure has taken its first step (ASE starts from zero velocity without mixing).
-        self.started = np.zeros(0, dtype=bool)
+        self.started = torch.zeros(0, dtype=torch.bool, device=self.device)
 
     @property
     def n_structures(self) -> int:
-        return len(self.dt)
+        return int(self.dt.shape[0])
 
-    def add(self, n_rows: int) -> None:
-        """Add one structure with ``n_rows`` degrees of freedom (rows of 3), at rest."""
-        p = self.parameters
-        index = self.n_structures
-        self.velocity = np.concatenate([self.velocity, np.zeros((n_rows, 3))])
-        self.owner = np.concatenate([self.owner, np.full(n_rows, index, dtype=np.int64)])
-        self.dt = np.append(self.dt, p.dt)
-        self.alpha = np.append(self.alpha, p.astart)
-        self.n_positive = np.append(self.n_positive, 0)
-        self.started = np.append(self.started, False)
+    def add(self, n_rows: Sequence[int]) -> None:
+        """Add structures with ``n_rows[i]`` degrees of freedom (rows of 3) each, at rest."""
+        p, k, device = self.parameters, len(n_rows), self.device
+        counts = torch.tensor(list(n_rows), dtype=torch.int64)
+        owner = torch.repeat_interleave(torch.arange(self.n_structures, self.n_structures + k), counts)
+        self.velocity = torch.cat([self.velocity, self.velocity.new_zeros((int(counts.sum()), 3))])
+        self.owner = torch.cat([self.owner, owner.to(device)])
+        self.dt = torch.cat([self.dt, torch.full((k,), p.dt, dtype=torch.float64, device=device)])
+        self.alpha = torch.cat([self.alpha, torch.full((k,), p.astart, dtype=torch.float64, device=device)])
+        self.n_positive = torch.cat([self.n_positive, self.n_positive.new_zeros(k)])
+        self.started = torch.cat([self.started, self.started.new_zeros(k)])
 
-    def remove(self, keep: np.ndarray) -> None:
+    def remove(self, keep: torch.Tensor) -> None:
         """Keep only the structures where the boolean mask ``keep`` is True."""
         rows = keep[self.owner]
-        renumber = np.cumsum(keep) - 1
+        renumber = torch.cumsum(keep.to(torch.int64), 0) - 1
         self.velocity = self.velocity[rows]
         self.owner = renumber[self.owner[rows]]
         self.dt, self.alpha = self.dt[keep], self.alpha[keep]
         self.n_positive, self.started = self.n_positive[keep], self.started[keep]
 
-    def step(self, forces: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+    def step(self, forces: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """The displacement of every row for generalised ``forces`` (rows, 3); rows of inactive structures stay 0.
 
         ``active`` (a boolean mask over structures) selects the structures that take a step now; the others keep
         their state untouched.
         """
         p = self.parameters
-        k = self.n_structures
-        active = np.ones(k, dtype=bool) if active is None else active
-        owner = self.owner
+        k, owner = self.n_structures, self.owner
+        active = torch.ones(k, dtype=torch.bool, device=self.device) if active is None else active
         row_active = active[owner]
-        forces = np.where(row_active[:, None], forces, 0.0)
+        forces = torch.where(row_active[:, None], forces, 0.0)
         v = self.velocity
 
-        vf = _per_structure(np.einsum("ij,ij->i", forces, v), owner, k)
-        ff = _per_structure(np.einsum("ij,ij->i", forces, forces), owner, k)
-        vv = _per_structure(np.einsum("ij,ij->i", v, v), owner, k)
+        vf = _per_structure((forces * v).sum(dim=1), owner, k)
+        ff = _per_structure((forces * forces).sum(dim=1), owner, k)
+        vv = _per_structure((v * v).sum(dim=1), owner, k)
 
         downhill = active & self.started & (vf > 0.0)
         uphill = active & self.started & ~(vf > 0.0)
-        mix = downhill[owner]
-        scale = np.zeros(k)
-        scale[downhill] = self.alpha[downhill] * np.sqrt(vv[downhill]) / np.sqrt(ff[downhill])
-        v = np.where(mix[:, None], (1.0 - self.alpha[owner])[:, None] * v + scale[owner][:, None] * forces, v)
+        scale = torch.where(downhill, self.alpha * torch.sqrt(vv) / torch.sqrt(ff), 0.0)
+        mixed = (1.0 - self.alpha[owner])[:, None] * v + scale[owner][:, None] * forces
+        v = torch.where(downhill[owner][:, None], mixed, v)
         speed_up = downhill & (self.n_positive > p.n_min)
-        self.dt = np.where(speed_up, np.minimum(self.dt * p.finc, p.dtmax), self.dt)
-        self.alpha = np.where(speed_up, self.alpha * p.fa, self.alpha)
-        self.n_positive = np.where(downhill, self.n_positive + 1, self.n_positive)
+        self.dt = torch.where(speed_up, torch.clamp(self.dt * p.finc, max=p.dtmax), self.dt)
+        self.alpha = torch.where(speed_up, self.alpha * p.fa, self.alpha)
+        self.n_positive = torch.where(downhill, self.n_positive + 1, self.n_positive)
 
-        v = np.where(uphill[owner][:, None], 0.0, v)
-        self.alpha = np.where(uphill, p.astart, self.alpha)
-        self.dt = np.where(uphill, self.dt * p.fdec, self.dt)
-        self.n_positive = np.where(uphill, 0, self.n_positive)
+        v = torch.where(uphill[owner][:, None], 0.0, v)
+        self.alpha = torch.where(uphill, p.astart, self.alpha)
+        self.dt = torch.where(uphill, self.dt * p.fdec, self.dt)
+        self.n_positive = torch.where(uphill, 0, self.n_positive)
 
-        dt_rows = np.where(row_active, self.dt[owner], 0.0)[:, None]
+        dt_rows = torch.where(row_active, self.dt[owner], 0.0)[:, None]
         v = v + dt_rows * forces
         displacement = dt_rows * v
-        norm = np.sqrt(_per_structure(np.einsum("ij,ij->i", displacement, displacement), owner, k))
-        limit = np.where(norm > p.maxstep, p.maxstep / np.where(norm > 0, norm, 1.0), 1.0)
+        norm = torch.sqrt(_per_structure((displacement * displacement).sum(dim=1), owner, k))
+        limit = torch.where(norm > p.maxstep, p.maxstep / torch.where(norm > 0, norm, 1.0), 1.0)
         self.velocity = v
         self.started = self.started | active
         return displacement * limit[owner][:, None]
 
 
-def _per_structure(values: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(owner, weights=values, minlength=k)
+def _per_structure(values: torch.Tensor, owner: torch.Tensor, k: int) -> torch.Tensor:
+    return values.new_zeros(k).index_add_(0, owner, values)

@@ -38,7 +38,9 @@ class BatchPolicy:
 
     max_atoms: int | None = None
     max_structures: int = 512
-    max_wait: float = 0.005
+    #: How long a batch's first task waits for company (s). Zero by default: a lone request runs at once, and
+    #: tasks that come while a batch runs form the next one anyway (benchmarks/bench_latency.py).
+    max_wait: float = 0.0
     #: How long an idle worker blocks waiting for work before checking whether it should stop.
     idle_poll: float = 0.5
 

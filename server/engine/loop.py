@@ -12,12 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from ...errors import ErrorCode
+from ...models.neighbors import SkinNeighborList
 from ...models.potential import Potential
 from .batching import AtomBudgetBatcher, BatchPolicy, TaskSource
+from .budget import BatchBudget
 from .executor import Executor
 from .scheduler import Scheduler
+from .selecting import run_selection
 from .tasks import TaskResult
 
 
@@ -45,11 +49,22 @@ class Worker:
         source: TaskSource,
         policy: BatchPolicy | None = None,
         observe: Callable[[RoundStats], None] | None = None,
+        budget: BatchBudget | None = None,
     ):
         self.source = source
-        self.executor = Executor(potential)
+        #: The batch budget and how it was chosen; it shrinks after an out-of-memory error (:meth:`_out_of_memory`).
+        self.budget = budget
+        self.executor = Executor(potential, on_out_of_memory=self._out_of_memory)
         batcher = AtomBudgetBatcher(source, (policy or BatchPolicy()).for_device(potential.device.type))
-        self.scheduler = Scheduler(batcher, self.executor.rejects)
+        self.scheduler = Scheduler(
+            batcher,
+            self.executor.rejects,
+            partial(run_selection, potential),
+            device=potential.device,
+            tensor_path=potential.tensor_native,
+            # relaxations reuse each structure's neighbour list from step to step (the edges a fresh list would give)
+            neighbors=SkinNeighborList() if potential.tensor_native else None,
+        )
         self.observe = observe
         self.batches_run = 0
         self.structures_run = 0
@@ -75,16 +90,29 @@ class Worker:
             return 0
         started = time.perf_counter()
         outputs = self.executor.execute(work.evaluations)
+        tensor_outputs = {
+            optimizer: self.executor.execute_tensors(batch, self.scheduler.relaxations[optimizer].properties())
+            for optimizer, batch in work.relaxations.items()
+        }
         seconds = time.perf_counter() - started
-        finished = self.scheduler.update(work, outputs)
+        finished = self.scheduler.update(work, outputs, tensor_outputs)
         self._deliver(finished)
+        structures = len(work.evaluations) + sum(batch.n_systems for batch in work.relaxations.values())
         self.batches_run += 1
-        self.structures_run += len(work.evaluations)
+        self.structures_run += structures
         if self.observe is not None:
             atoms = sum(evaluation.system.n_atoms for evaluation in work.evaluations)
+            atoms += sum(int(batch.positions.shape[0]) for batch in work.relaxations.values())
             steps = sum(result.relaxation.steps for result in finished if result.relaxation is not None)
-            self.observe(RoundStats(len(work.evaluations), atoms, seconds, len(finished), steps))
-        return len(work.evaluations)
+            self.observe(RoundStats(structures, atoms, seconds, len(finished), steps))
+        return structures
+
+    def _out_of_memory(self, failed_atoms: int) -> None:
+        """Shrink the batch budget below a batch that ran out of device memory."""
+        if self.budget is None:
+            return
+        self.budget = self.budget.after_out_of_memory(failed_atoms)
+        self.scheduler.batcher.max_atoms = self.budget.max_atoms
 
     @property
     def holding(self) -> int:

@@ -7,12 +7,26 @@ tasks without loading a model).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ...errors import ErrorCode
 from ...models.prediction import Prediction
 from ...models.system import AtomicSystem
 from ..dynamics.options import RelaxSpec
-from ..dynamics.relaxation import RelaxOutcome
+from ..dynamics.outcome import RelaxOutcome
+
+if TYPE_CHECKING:
+    from ...models.active_sets import Selection
+
+
+@dataclass(frozen=True)
+class SelectSpec:
+    """Pick structures for DFT among ``candidates``: those graded above ``threshold``, and a D-optimal subset of
+    at most ``max_count`` (the potential's ``select``, MaxVol against its active set)."""
+
+    candidates: tuple[AtomicSystem, ...]
+    max_count: int
+    threshold: float = 1.0
 
 
 @dataclass
@@ -24,9 +38,13 @@ class Task:
     system: AtomicSystem
     properties: tuple[str, ...]
     relax: RelaxSpec | None = None
+    #: A selection among candidate structures (``system`` is then the first of them), run as one piece of work.
+    select: SelectSpec | None = None
 
     @property
     def n_atoms(self) -> int:
+        if self.select is not None:
+            return sum(candidate.n_atoms for candidate in self.select.candidates)
         return self.system.n_atoms
 
 
@@ -42,10 +60,14 @@ class TaskResult:
     worker: dict[str, str] | None = None
     #: For a relaxation: how it ended; ``prediction`` is then the one at the final geometry.
     relaxation: RelaxOutcome | None = None
+    #: For a relaxation by a model that reports an uncertainty: its largest value along the path.
+    uncertainty_max: float | None = None
+    #: For a selection: the candidates' grades, those above the threshold and the D-optimal subset.
+    selection: Selection | None = None
 
     @property
     def ok(self) -> bool:
-        return self.prediction is not None
+        return self.prediction is not None or self.selection is not None
 
     @classmethod
     def failure(cls, task_id: str, code: ErrorCode, message: str) -> TaskResult:

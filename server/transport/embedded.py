@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...errors import ErrorCode
-from ...models.loading import load_model
 from ...models.potential import Potential
 from ...models.registry import ModelRegistry
+from ..config import DeviceOptions
 from ..engine.batching import BatchPolicy
+from ..engine.budget import DEFAULT_FRACTION, BatchBudget, budgeted_policy
+from ..engine.device_options import load_with_options
 from ..engine.loop import Worker
 from ..engine.tasks import Task, TaskResult
 from ..engine.tuning import tune_process
@@ -98,6 +100,7 @@ class HostedModel:
     potential: Potential | None = None
     error: str | None = None
     worker: Worker | None = None
+    budget: BatchBudget | None = None
 
 
 class EmbeddedModelHost:
@@ -114,8 +117,10 @@ class EmbeddedModelHost:
         device: str,
         policy: BatchPolicy,
         torch_threads: int | None = None,
+        device_options: DeviceOptions | None = None,
     ):
         self.registry = registry
+        self.device_options = device_options or DeviceOptions()
         self.broker = broker
         self.device = device
         self.policy = policy
@@ -136,14 +141,15 @@ class EmbeddedModelHost:
             if self._stop.is_set():
                 return
             try:
-                hosted.potential = load_model(
-                    self.registry, hosted.name, None if self.device == "auto" else self.device
-                )
+                hosted.potential = load_with_options(self.registry, hosted.name, self.device, self.device_options)
             except Exception as error:
                 hosted.state, hosted.error = ModelState.FAILED, f"{type(error).__name__}: {error}"
                 log.error("could not load %s: %s", hosted.name, hosted.error)
                 continue
-            hosted.worker = Worker(hosted.potential, self.broker.source(hosted.name), self.policy)
+            # the models of this process share its device: each gets an equal share of the free memory
+            share = DEFAULT_FRACTION / len(self.models)
+            policy, hosted.budget = budgeted_policy(self.policy, hosted.potential, share)
+            hosted.worker = Worker(hosted.potential, self.broker.source(hosted.name), policy, budget=hosted.budget)
             thread = threading.Thread(
                 target=self._serve, args=(hosted,), name=f"mlipserve-worker-{hosted.name}", daemon=True
             )
@@ -173,6 +179,9 @@ class EmbeddedModelHost:
             return None
         worker = hosted.worker
         workers = [{"id": f"embedded-{name}", "host": self.hostname, **worker.info}] if worker else []
+        budget = worker.budget if worker else None  # the worker's: it shrinks after an out-of-memory error
+        if workers and budget is not None:
+            workers[0]["batch_budget"] = budget.as_dict()
         return ModelStatus(
             state=hosted.state,
             error=hosted.error,

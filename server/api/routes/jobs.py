@@ -85,6 +85,8 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             model, properties, relax, text = await _read_upload(request)
             card, status = await state.serving_card(model)
+            if relax is not None:
+                await state.check_relaxable(card)
             limit = state.settings.max_structures_per_job
 
             async def load() -> Sequence[Any]:
@@ -103,9 +105,12 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
 
             properties = tuple(dict.fromkeys(body.properties))
             relax = body.relax.options() if body.relax is not None else None
+            if relax is not None:
+                await state.check_relaxable(card)
             job = await jobs.create(
                 card, status, properties, load, total=len(structures), relax=relax, fixed=body.fixed, key=key
             )
+            job.uncertainty_per_atom = body.uncertainty == "per_atom"
         created = {key: job.status()[key] for key in ("id", "state", "model", "total")}
         return JSONResponse(created, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 

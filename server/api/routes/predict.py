@@ -16,6 +16,7 @@ def create_router(state: AppState) -> APIRouter:
     @router.post("/v1/predict", response_model=None, responses={200: {"model": PredictResponse}, **ERROR_RESPONSES})
     async def predict(body: PredictRequest) -> Response:
         """Energies, forces and stresses of a list of structures, in input order."""
-        return await answer(state, body.model, body.structures, tuple(dict.fromkeys(body.properties)))
+        properties = tuple(dict.fromkeys(body.properties))
+        return await answer(state, body.model, body.structures, properties, per_atom=body.uncertainty == "per_atom")
 
     return router

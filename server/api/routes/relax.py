@@ -20,6 +20,7 @@ def create_router(state: AppState) -> APIRouter:
 
         For thousands of structures, submit a job with a `relax` block instead (POST /v1/jobs).
         """
-        return await answer(state, body.model, body.structures, RELAX_PROPERTIES, body.options(), body.fixed)
+        per_atom = body.uncertainty == "per_atom"
+        return await answer(state, body.model, body.structures, RELAX_PROPERTIES, body.options(), body.fixed, per_atom)
 
     return router

@@ -1,4 +1,8 @@
-"""Compact binary messages for tasks and results on Redis: msgpack maps with raw little-endian arrays."""
+"""Compact binary messages for tasks and results on Redis: msgpack maps with raw little-endian arrays.
+
+Optional parts (a relaxation, a selection's candidates, a prediction's uncertainty, a selection's outcome) travel
+only when present, so messages without them are as they were.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ import msgpack
 import numpy as np
 
 from ....errors import ErrorCode
-from ....models.prediction import Prediction
+from ....models.active_sets import Selection
+from ....models.prediction import Prediction, Uncertainty
 from ....models.system import AtomicSystem
 from ...dynamics.options import RelaxOptions, RelaxSpec
-from ...dynamics.relaxation import Frame, RelaxOutcome
-from ...engine.tasks import Task, TaskResult
+from ...dynamics.outcome import Frame, RelaxOutcome
+from ...engine.tasks import SelectSpec, Task, TaskResult
 
 
 def encode_task(task: Task, reply_to: str) -> bytes:
@@ -24,6 +29,10 @@ def encode_task(task: Task, reply_to: str) -> bytes:
         fixed = task.relax.fixed
         data["relax"] = dataclasses.asdict(task.relax.options)
         data["fixed"] = None if fixed is None else np.asarray(fixed, dtype="<i4").tobytes()
+    if task.select is not None:
+        select = task.select
+        data["select"] = {"max": select.max_count, "threshold": select.threshold}
+        data["cands"] = [_system_fields(candidate) for candidate in select.candidates]
     return msgpack.packb(data)
 
 
@@ -34,17 +43,28 @@ def decode_task(message: bytes) -> tuple[Task, str]:
     if data.get("relax") is not None:
         fixed = None if data["fixed"] is None else np.frombuffer(data["fixed"], dtype="<i4").astype(np.int64)
         relax = RelaxSpec(RelaxOptions(**data["relax"]), fixed)
-    task = Task(id=data["id"], model=data["model"], system=_system(data), properties=tuple(data["props"]), relax=relax)
+    select = None
+    if (spec := data.get("select")) is not None:
+        candidates = tuple(_system(candidate) for candidate in data["cands"])
+        select = SelectSpec(candidates, spec["max"], spec["threshold"])
+    system = _system(data)
+    task = Task(data["id"], data["model"], system, tuple(data["props"]), relax=relax, select=select)
     return task, data["reply"]
 
 
 def encode_result(result: TaskResult) -> bytes:
     data: dict[str, Any] = {"id": result.task_id, "worker": result.worker}
-    if result.prediction is None:
+    if result.selection is not None:
+        data["sel"] = _selection_fields(result.selection)
+    elif result.prediction is None:
         data |= {"code": result.error_code, "msg": result.error_message}
     else:
         prediction = result.prediction
         data |= {"e": float(prediction.energy), "f": _bytes(prediction.forces), "s": _bytes(prediction.stress)}
+        if prediction.uncertainty is not None:
+            data["u"] = _uncertainty_fields(prediction.uncertainty)
+    if result.uncertainty_max is not None:
+        data["umax"] = float(result.uncertainty_max)
     if result.relaxation is not None:
         outcome = result.relaxation
         data["relaxed"] = _system_fields(outcome.system) | {
@@ -61,6 +81,10 @@ def decode_result(message: bytes) -> TaskResult:
     result = TaskResult(task_id=data["id"], worker=data.get("worker"))
     if "e" in data:
         result.prediction = Prediction(energy=data["e"], forces=_array(data["f"], 3), stress=_array(data["s"], 3))
+        if (fields := data.get("u")) is not None:
+            result.prediction.uncertainty = _uncertainty(fields)
+    elif (selection := data.get("sel")) is not None:
+        result.selection = _selection(selection)
     else:
         result.error_code, result.error_message = ErrorCode(data["code"]), data["msg"]
     if (relaxed := data.get("relaxed")) is not None:
@@ -73,7 +97,38 @@ def decode_result(message: bytes) -> TaskResult:
             fmax=relaxed["fmax"],
             trajectory=trajectory,
         )
+    result.uncertainty_max = data.get("umax")
     return result
+
+
+def _uncertainty_fields(uncertainty: Uncertainty) -> dict[str, Any]:
+    return {
+        "k": uncertainty.kind,
+        "v": float(uncertainty.value),
+        "pa": _bytes(uncertainty.per_atom),
+        "c": {name: float(value) for name, value in uncertainty.components.items()},
+    }
+
+
+def _uncertainty(fields: dict[str, Any]) -> Uncertainty:
+    per_atom = None if fields["pa"] is None else np.frombuffer(fields["pa"], dtype="<f8").copy()
+    return Uncertainty(fields["k"], fields["v"], per_atom, dict(fields["c"]))
+
+
+def _selection_fields(selection: Selection) -> dict[str, Any]:
+    per_atom = selection.per_atom
+    return {
+        "grades": _bytes(selection.grades),
+        "pa": None if per_atom is None else [_bytes(atoms) for atoms in per_atom],
+        "above": [int(i) for i in selection.above],
+        "selected": [int(i) for i in selection.selected],
+    }
+
+
+def _selection(fields: dict[str, Any]) -> Selection:
+    grades = np.frombuffer(fields["grades"], dtype="<f8").copy()
+    per_atom = None if fields["pa"] is None else [np.frombuffer(raw, dtype="<f8").copy() for raw in fields["pa"]]
+    return Selection(grades=grades, per_atom=per_atom, above=list(fields["above"]), selected=list(fields["selected"]))
 
 
 def _system_fields(system: AtomicSystem) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from . import layout
 
 #: The heartbeat fields a model's status lists for each worker.
-WORKER_FIELDS = ("id", "host", "device", "dtype", "version", "draining")
+WORKER_FIELDS = ("id", "host", "device", "dtype", "version", "draining", "batch_budget")
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,12 @@ class WorkerMetrics:
             "mlipserve_worker_heartbeat_timestamp_seconds", "Unix time of the last heartbeat written", registry=registry
         )
         self.draining = Gauge("mlipserve_worker_draining", "1 while the worker drains", registry=registry)
+        self.batch_budget = Gauge(
+            "mlipserve_worker_batch_atoms_budget",
+            "Atoms a batch may hold, and where that budget came from (measured, default, option)",
+            ["source"],
+            registry=registry,
+        )
         self.info = Gauge(
             "mlipserve_worker_info",
             "The worker's model and where it runs (always 1)",

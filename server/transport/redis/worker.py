@@ -31,9 +31,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .... import __version__
-from ....models.loading import load_model
 from ....models.registry import ModelRegistry
 from ...config import RedisWorkerSettings
+from ...engine.budget import budgeted_policy
+from ...engine.device_options import load_with_options
 from ...engine.loop import Worker
 from ...engine.tuning import tune_process
 from . import layout
@@ -91,11 +92,10 @@ class RedisWorker:
     def _run(self) -> int:
         tune_process(self.settings.torch_threads)
         card = self.registry.card(self.settings.model)
-        potential = load_model(
-            self.registry, card.name, None if self.settings.device == "auto" else self.settings.device
-        )
+        potential = load_with_options(self.registry, card.name, self.settings.device, self.settings.device_options)
         source = RedisTaskSource(self.redis, self.settings, consumer=self.id, metrics=self.metrics)
-        worker = Worker(potential, source, self.settings.batch, observe=self.metrics.observe)
+        policy, budget = budgeted_policy(self.settings.batch, potential)
+        worker = Worker(potential, source, policy, observe=self.metrics.observe, budget=budget)
         self.announcement = {
             "id": self.id,
             "model": card.name,
@@ -105,7 +105,9 @@ class RedisWorker:
             "pid": os.getpid(),
             **worker.info,
             "mlipserve": __version__,
+            "batch_budget": budget.as_dict(),
         }
+        self.metrics.batch_budget.labels(budget.source).set(budget.max_atoms)
         self.metrics.info.labels(self.id, card.name, card.version, worker.info["device"], worker.info["dtype"]).set(1)
         if potential.device.type == "cuda":
             self.metrics.watch_gpu_memory(potential.device.index or 0)
