@@ -33,15 +33,13 @@ from ase.data import atomic_numbers
 from ...errors import ErrorCode
 from ..active_sets import Selection
 from ..cards import CardError, ModelCard
+from ..edge_gradients import predict_on_edges
 from ..graph import BatchedGraph, build_graph, neighbor_list
 from ..potential import (
     ALL_PROPERTIES,
     Potential,
     Prediction,
     StructureRejected,
-    divide_by_volume,
-    needs_gradients,
-    split_batch,
 )
 from ..system import AtomicSystem
 from .ace_format import AceFormatError, AceModel, PairTable, read_pair_table, read_potential
@@ -233,21 +231,8 @@ class AcePotential(Potential):
     ) -> list[Prediction]:
         """Evaluate all ``systems`` at once; autograd is used only when forces or stress are asked for."""
         graph = build_graph(systems, self.cutoff)
-        need_grad = needs_gradients(properties)
-        with torch.inference_mode(False), torch.set_grad_enabled(need_grad):
-            vectors = torch.as_tensor(graph.edge_vectors(), dtype=self.dtype, device=self.device)
-            vectors.requires_grad_(need_grad)
-            energies = self.system_energies(graph, vectors)
-            forces = stress = None
-            if need_grad:
-                gradient = None
-                if energies.requires_grad:  # not when no atom has a neighbour inside the cutoff
-                    (gradient,) = torch.autograd.grad(energies.sum(), vectors, allow_unused=True)
-                if gradient is None:
-                    gradient = torch.zeros_like(vectors)
-                forces, virials = self._forces_and_virials(graph, vectors.detach(), gradient)
-                stress = divide_by_volume(systems, 0.5 * (virials + virials.transpose(0, 2, 1)))
-        predictions = split_batch(systems, properties, energies.detach().double().cpu().numpy(), forces, stress)
+        energy_of = partial(self.system_energies, graph)
+        predictions = predict_on_edges(systems, properties, graph, energy_of, dtype=self.dtype, device=self.device)
         if self.grader is not None:
             for prediction, uncertainty in zip(predictions, self.grader.uncertainties(self, graph), strict=True):
                 prediction.uncertainty = uncertainty
@@ -449,21 +434,6 @@ class AcePotential(Potential):
                 pair = hermite_table(lengths[selected], start, step, values, slopes)
                 energy = energy.index_add(0, senders[selected], 0.5 * pair)
         return energy
-
-    def _forces_and_virials(
-        self, graph: BatchedGraph, vectors: torch.Tensor, gradient: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Forces (N, 3) and virials sum_e r_e ⊗ dE/dr_e (B, 3, 3) from the energy gradient per edge vector."""
-        device = self.device
-        senders = torch.as_tensor(graph.senders, device=device)
-        receivers = torch.as_tensor(graph.receivers, device=device)
-        n_atoms = int(graph.numbers.shape[0])
-        forces = torch.zeros(n_atoms, 3, dtype=self.dtype, device=device)
-        forces = forces.index_add(0, senders, gradient).index_add(0, receivers, -gradient)
-        edge_batch = torch.as_tensor(graph.edge_batch, device=device)
-        per_edge = vectors[:, :, None] * gradient[:, None, :]
-        virials = torch.zeros(graph.n_systems, 3, 3, dtype=self.dtype, device=device).index_add(0, edge_batch, per_edge)
-        return forces.double().cpu().numpy(), virials.double().cpu().numpy()
 
 
 def spherical_harmonics(unit: torch.Tensor, lmax: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,9 @@ from ase.data import atomic_numbers
 from torch.utils.checkpoint import checkpoint
 
 from ..cards import CardError, ModelCard
+from ..edge_gradients import predict_on_edges
 from ..graph import BatchedGraph, build_graph
-from ..potential import ALL_PROPERTIES, Potential, Prediction, divide_by_volume, needs_gradients, split_batch
+from ..potential import ALL_PROPERTIES, Potential, Prediction
 from ..system import AtomicSystem
 from .ace import verified_companion
 from .hdnnp_format import NARROW, RADIAL, HDNNPFormatError, HDNNPModel, read_scaling, read_settings, read_weights
@@ -296,21 +298,8 @@ class HDNNPPotential(Potential):
         device = self.device
         senders = torch.as_tensor(graph.senders[order], device=device)
         receivers = torch.as_tensor(graph.receivers[order], device=device)
-        need_grad = needs_gradients(properties)
-        with torch.inference_mode(False), torch.set_grad_enabled(need_grad):
-            vectors = torch.as_tensor(graph.edge_vectors()[order], dtype=self.dtype, device=device)
-            vectors.requires_grad_(need_grad)
-            energies = self.system_energies(graph, senders, receivers, vectors)
-            forces = stress = None
-            if need_grad:
-                gradient = None
-                if energies.requires_grad:
-                    (gradient,) = torch.autograd.grad(energies.sum(), vectors, allow_unused=True)
-                if gradient is None:
-                    gradient = torch.zeros_like(vectors)
-                forces, virials = _forces_and_virials(graph, senders, receivers, vectors.detach(), gradient)
-                stress = divide_by_volume(systems, 0.5 * (virials + virials.transpose(0, 2, 1)))
-        return split_batch(systems, properties, energies.detach().double().cpu().numpy(), forces, stress)
+        energy_of = partial(self.system_energies, graph, senders, receivers)
+        return predict_on_edges(systems, properties, graph, energy_of, dtype=self.dtype, device=device, order=order)
 
     # -- the model ----------------------------------------------------------------------------------------------
 
@@ -474,16 +463,3 @@ def _pair_sums(angle: torch.Tensor, radial: torch.Tensor, rows: torch.Tensor, n_
 def _columns(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``values[:, index]``, or ``values`` itself when it has one column (it then broadcasts)."""
     return values if values.shape[1] == 1 else values[:, index]
-
-
-def _forces_and_virials(
-    graph: BatchedGraph, senders: torch.Tensor, receivers: torch.Tensor, vectors: torch.Tensor, gradient: torch.Tensor
-) -> tuple[np.ndarray, np.ndarray]:
-    """Forces (N, 3) and virials sum_e dE/dr_e ⊗ r_e (B, 3, 3) from the energy gradient per edge vector."""
-    device, dtype = vectors.device, vectors.dtype
-    forces = torch.zeros(graph.numbers.shape[0], 3, dtype=dtype, device=device)
-    forces = forces.index_add(0, senders, gradient).index_add(0, receivers, -gradient)
-    edge_batch = torch.as_tensor(graph.batch, device=device)[senders]
-    per_edge = vectors[:, :, None] * gradient[:, None, :]
-    virials = torch.zeros(graph.n_systems, 3, 3, dtype=dtype, device=device).index_add(0, edge_batch, per_edge)
-    return forces.double().cpu().numpy(), virials.double().cpu().numpy()

@@ -23,6 +23,7 @@ larger. ``options.dtype``: float64 (default) or float32. The tests compare with 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -31,8 +32,9 @@ import torch
 from ase.data import atomic_numbers
 
 from ..cards import CardError, ModelCard
+from ..edge_gradients import predict_on_edges
 from ..graph import BatchedGraph, build_graph
-from ..potential import ALL_PROPERTIES, Potential, Prediction, divide_by_volume, needs_gradients, split_batch
+from ..potential import ALL_PROPERTIES, Potential, Prediction
 from ..system import AtomicSystem
 from .ace import verified_companion
 from .snap_bispectrum import Bispectrum
@@ -134,21 +136,8 @@ class SnapPotential(Potential):
     ) -> list[Prediction]:
         """Evaluate all ``systems`` at once; autograd is used only when forces or stress are asked for."""
         graph = build_graph(systems, self.cutoff)
-        need_grad = needs_gradients(properties)
-        with torch.inference_mode(False), torch.set_grad_enabled(need_grad):
-            vectors = torch.as_tensor(graph.edge_vectors(), dtype=self.dtype, device=self.device)
-            vectors.requires_grad_(need_grad)
-            energies = self.system_energies(graph, vectors)
-            forces = stress = None
-            if need_grad:
-                gradient = None
-                if energies.requires_grad:  # not when no atom has a neighbour inside the cutoff
-                    (gradient,) = torch.autograd.grad(energies.sum(), vectors, allow_unused=True)
-                if gradient is None:
-                    gradient = torch.zeros_like(vectors)
-                forces, virials = self._forces_and_virials(graph, vectors.detach(), gradient)
-                stress = divide_by_volume(systems, 0.5 * (virials + virials.transpose(0, 2, 1)))
-        return split_batch(systems, properties, energies.detach().double().cpu().numpy(), forces, stress)
+        energy_of = partial(self.system_energies, graph)
+        return predict_on_edges(systems, properties, graph, energy_of, dtype=self.dtype, device=self.device)
 
     # -- the model ----------------------------------------------------------------------------------------------
 
@@ -191,18 +180,3 @@ class SnapPotential(Potential):
                     quadratic = 0.5 * (columns * (self._quadratic[index] @ columns)).sum(dim=0)
                     energy = energy.index_add(0, atoms, quadratic)
         return energy
-
-    def _forces_and_virials(
-        self, graph: BatchedGraph, vectors: torch.Tensor, gradient: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Forces (N, 3) and virials Σ_e r_e ⊗ dE/dr_e (B, 3, 3) from the energy gradient per edge vector."""
-        device = self.device
-        senders = torch.as_tensor(graph.senders, device=device)
-        receivers = torch.as_tensor(graph.receivers, device=device)
-        n_atoms = int(graph.numbers.shape[0])
-        forces = torch.zeros(n_atoms, 3, dtype=self.dtype, device=device)
-        forces = forces.index_add(0, senders, gradient).index_add(0, receivers, -gradient)
-        edge_batch = torch.as_tensor(graph.edge_batch, device=device)
-        per_edge = vectors[:, :, None] * gradient[:, None, :]
-        virials = torch.zeros(graph.n_systems, 3, 3, dtype=self.dtype, device=device).index_add(0, edge_batch, per_edge)
-        return forces.double().cpu().numpy(), virials.double().cpu().numpy()
