@@ -19,7 +19,7 @@ from .errors import RequestFailed
 from .files import Frame, Problem, read_all, result_atoms, structure_error, write_extxyz
 from .options import DEFAULT_URL
 from .relaxing import RELAX_DIRECT_LIMIT
-from .results import Result
+from .results import RelaxResult, Result
 
 EXIT_NOTHING_WRITTEN = 1
 EXIT_UNREACHABLE = 3
@@ -55,7 +55,8 @@ def add_file_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "subset of at most --max-count frames (MaxVol against the active set) as extxyz with their grades; "
         "with --above, also every frame graded above --threshold.",
     )
-    select.add_argument("files", nargs="+", metavar="FILE", help="candidate structure files (e.g. relax output)")
+    select.add_argument("files", nargs="*", metavar="FILE", help="candidate structure files (e.g. relax output)")
+    select.add_argument("--job", default=None, metavar="ID", help="also the final geometries of a relaxation job")
     select.add_argument("-o", "--output", required=True, metavar="OUT.extxyz", help="the selected frames")
     select.add_argument("--model", default=None, help="a model with an active set (default: the server's first)")
     select.add_argument("--server", default=DEFAULT_URL, metavar="URL", help="server (default %(default)s)")
@@ -131,17 +132,23 @@ def send_relax(client: Client, structures: list[Any], args: argparse.Namespace) 
 def select_command(args: argparse.Namespace) -> int:
     """``mlipserve select``: the exit status."""
     name = "mlipserve select"
+    if not args.files and args.job is None:
+        return fail(name, "give candidate files or --job ID (a relaxation job); nothing written", EXIT_NOTHING_WRITTEN)
     frames, problems = read_all(args.files, args.format)
     report(name, problems)
-    if not frames:
-        return fail(name, "no structure could be read; nothing written", EXIT_NOTHING_WRITTEN)
     if not reachable(args.server):
         return fail(name, f"cannot reach the server at {args.server}; nothing written", EXIT_UNREACHABLE)
     try:
         with Client(args.server, model=args.model, progress=False) as client:
+            if args.job is not None:
+                frames += job_frames(client, args.job)
+            if not frames:
+                return fail(name, "no structure could be read; nothing written", EXIT_NOTHING_WRITTEN)
             selection = client.select([f.atoms for f in frames], args.max_count, args.threshold)
     except RequestFailed as error:
         return fail(name, f"the server refused the request: {error}; nothing written", EXIT_NOTHING_WRITTEN)
+    except ValueError as error:
+        return fail(name, f"{error}; nothing written", EXIT_NOTHING_WRITTEN)
     report(name, [Problem(frames[e.index].source, frames[e.index].index, e.message) for e in selection.errors])
     picked = [_graded(frames[i], selection, i) for i in selection.selected]
     write_extxyz(args.output, picked)
@@ -154,6 +161,23 @@ def select_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def job_frames(client: Client, job_id: str) -> list[Frame]:
+    """The final geometry of every finished relaxation of job ``job_id``, as frames named ``job:ID``.
+
+    A prediction job's results hold no structures (the caller has them: select from the file it submitted); a
+    relaxation that failed has none either and is left out.
+    """
+    results = list(client.job_results(job_id))
+    frames = [
+        Frame(result.atoms, f"job:{job_id}", index)
+        for index, result in enumerate(results)
+        if getattr(result, "atoms", None) is not None
+    ]
+    if results and not any(isinstance(result, RelaxResult) for result in results):
+        raise ValueError(f"job {job_id} is a prediction job: its results hold no structures; select from its input")
+    return frames
 
 
 def _graded(frame: Frame, selection: Any, index: int) -> Any:

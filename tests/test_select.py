@@ -27,6 +27,8 @@ from mlipserve.models.registry import ModelRegistry
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.cli import main
 
+from mlipserve.protocol import RelaxOptions
+
 from .conftest import FIXTURES, ready_server, torch_threads
 
 CU10 = FIXTURES / "mtp" / "motep" / "crystals_cubic_Cu_1species" / "10"
@@ -176,3 +178,22 @@ def test_mlipserve_select_writes_the_subset_for_dft(url: str, tmp_path: Path, ca
     assert [atoms.info["candidate"] for atoms in flagged] == selection.above
     assert all(atoms.info["grade"] > 1 for atoms in flagged) and all(atoms.calc is None for atoms in picked)
     assert f"{len(selection.above)} above 1" in capsys.readouterr().err
+
+
+def test_mlipserve_select_takes_a_relaxation_jobs_final_geometries(url: str, tmp_path: Path, capsys) -> None:
+    """``--job ID``: the candidates are the job's relaxed structures, selected as if given in a file."""
+    with Client(url, model="cu-10-al", progress=False) as client:
+        job_id = client.submit_job(candidates()[:4], relax=RelaxOptions(fmax=0.1, max_steps=5))
+        relaxed = [result.atoms for result in client.job_results(job_id)]
+        selection = client.select(relaxed, max_count=2)
+        prediction_job = client.submit_job(candidates()[:1])
+        list(client.job_results(prediction_job))
+    output = tmp_path / "dft.extxyz"
+    main(["select", "--job", job_id, "-o", str(output), "--server", url, "--model", "cu-10-al", "--max-count", "2"])
+    picked = read(output, index=":")
+    assert [atoms.info["candidate"] for atoms in picked] == selection.selected
+    assert all(atoms.info["source"] == f"job:{job_id}" for atoms in picked)
+    with pytest.raises(SystemExit) as exited:
+        main(["select", "--job", prediction_job, "-o", str(tmp_path / "none.extxyz"), "--server", url])
+    assert exited.value.code == 1
+    assert "prediction job" in capsys.readouterr().err
