@@ -95,6 +95,12 @@ def _add_relax_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.scalar_pressure,
         help="eV/Å³; 1 GPa = 0.006241509 eV/Å³ (default %(default)s)",
     )
+    parser.add_argument(
+        "--max-grade",
+        type=float,
+        default=defaults.max_grade,
+        help="stop where the model's uncertainty (MTP grade, ACE gamma, committee spread) goes above this",
+    )
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -122,6 +128,7 @@ def send_relax(client: Client, structures: list[Any], args: argparse.Namespace) 
         relax_cell=not args.no_relax_cell,
         hydrostatic_strain=args.hydrostatic_strain,
         scalar_pressure=args.scalar_pressure,
+        max_grade=args.max_grade,
     )
     if len(structures) > args.job_above:
         return client.run_job(structures, relax=options, errors="return")

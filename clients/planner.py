@@ -75,6 +75,7 @@ class Planner:
         hydrostatic_strain: bool = RelaxOptions.hydrostatic_strain,
         scalar_pressure: float = RelaxOptions.scalar_pressure,
         trajectory_every: int = RelaxOptions.trajectory_every,
+        max_grade: float | None = RelaxOptions.max_grade,
         fixed: FixedAtoms | None = None,
         output: Output = "result",
         errors: ErrorMode = "raise",
@@ -83,6 +84,7 @@ class Planner:
         """Relax one structure or a list on the server (FIRE on atoms and cell; matbench-discovery defaults).
 
         ``fixed`` gives each structure's fixed atom indices; by default they come from ase FixAtoms constraints.
+        ``max_grade`` stops a relaxation whose uncertainty (MTP grade, ACE γ, committee spread) goes above it.
         Returns :class:`RelaxResult` objects (``output="result"``), ase.Atoms carrying the final energy, forces
         and stress (``"ase"``), or pymatgen Structures/Molecules (``"pymatgen"``), in input order. Lists longer
         than ``relaxing.RELAX_DIRECT_LIMIT`` go through a server-side job.
@@ -96,6 +98,7 @@ class Planner:
             hydrostatic_strain=hydrostatic_strain,
             scalar_pressure=scalar_pressure,
             trajectory_every=trajectory_every,
+            max_grade=max_grade,
         )
         if isinstance(structures, (list, tuple)) and len(structures) > relaxing.RELAX_DIRECT_LIMIT:
             found = yield from self.run_job(
