@@ -105,7 +105,7 @@ def test_a_rate_holds_across_replicas(replicas: tuple[str, str]) -> None:
     assert len(allowed) <= 2 * windows and len(allowed) + len(refused) == 8
     assert refused[0].json()["error"]["code"] == "rate_limited"
     assert 0 < float(refused[0].headers["retry-after"]) <= 1
-    time.sleep(float(refused[-1].headers["retry-after"]))
+    time.sleep(float(refused[-1].headers["retry-after"]) + 0.25)  # the margin covers the replicas' clock reads
     assert httpx.get(f"{replicas[0]}/v1/models", headers=auth("slow")).status_code == 200
 
 

@@ -130,7 +130,9 @@ def test_select_and_max_grade_through_redis(redis_mode: str) -> None:
         selected = http.post("/v1/select", json={"model": "cu-10-al", "structures": structures, "max_count": 1}).json()
         relax = {"model": "cu-10-al", "structures": structures[:2], "max_grade": 1.0, "relax_cell": False}
         relaxed = http.post("/v1/relax", json=relax).json()["results"]
-    assert [r["grade"] for r in selected["results"]] == pytest.approx(grades, rel=1e-12)
+    # the grades solve an ill-conditioned least-squares problem (the MTP Jacobian is singular by construction:
+    # models/backends/mtp_grade.py), so two batches of different make-up agree to the 1e-8, not to 1e-12
+    assert [r["grade"] for r in selected["results"]] == pytest.approx(grades, rel=1e-8)
     assert selected["above"] == [i for i, g in enumerate(grades) if g > 1] and len(selected["selected"]) == 1
     assert relaxed[0]["stop_reason"] == "converged" and relaxed[0]["uncertainty"]["max_along_path"] <= 1
     assert relaxed[1]["stop_reason"] == "extrapolating" and relaxed[1]["steps"] == 0
