@@ -180,7 +180,7 @@ def job_frames(client: Client, job_id: str) -> list[Frame]:
     frames = [
         Frame(result.atoms, f"job:{job_id}", index)
         for index, result in enumerate(results)
-        if getattr(result, "atoms", None) is not None
+        if isinstance(result, RelaxResult) and result.atoms is not None
     ]
     if results and not any(isinstance(result, RelaxResult) for result in results):
         raise ValueError(f"job {job_id} is a prediction job: its results hold no structures; select from its input")
