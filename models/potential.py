@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -20,9 +20,12 @@ from ase.data import chemical_symbols
 from .active_sets import Selection
 from .cards import CardError, ModelCard
 from .checks import StructureRejected, check_elements
-from .prediction import ALL_PROPERTIES, ENERGY, FORCES, STRESS, Prediction, UncertaintyKind
+from .prediction import ALL_PROPERTIES, ENERGY, FORCES, STRESS, Prediction, Uncertainty, UncertaintyKind
 from .system import AtomicSystem
 from .tensor_batch import TensorBatch, TensorPrediction
+
+if TYPE_CHECKING:
+    from .graph import BatchedGraph
 
 __all__ = [
     "ALL_PROPERTIES",
@@ -70,6 +73,8 @@ class Potential(abc.ABC):
     device: torch.device
     #: The uncertainty this potential reports with every prediction (``Prediction.uncertainty``), or None.
     uncertainty_kind: UncertaintyKind | None = None
+    #: What grades structures against an active set (MTP grades, ACE γ), or None.
+    grader: Grader | None = None
 
     @abc.abstractmethod
     def predict_batch(
@@ -127,14 +132,39 @@ class Potential(abc.ABC):
 
     def select(self, systems: Sequence[AtomicSystem], max_count: int, threshold: float = 1.0) -> Selection:
         """Grade ``systems`` against the active set: those above ``threshold``, and a D-optimal subset of at most
-        ``max_count`` (all that MaxVol picks when negative) for DFT. Models with an active set override this."""
-        raise PropertyNotImplemented(
-            f"{self.card.name} has no active set to select structures against (an MTP or ACE card with "
-            f"options.active_set has one)"
-        )
+        ``max_count`` (all that MaxVol picks when negative) for DFT, by the potential's :attr:`grader`."""
+        if self.grader is None:
+            raise PropertyNotImplemented(
+                f"{self.card.name} has no active set to select structures against (an MTP or ACE card with "
+                f"options.active_set has one)"
+            )
+        for system in systems:
+            self.check(system)  # StructureRejected names what this model cannot take
+        return self.grader.select(self, systems, max_count, threshold)
+
+    def graded(self, predictions: list[Prediction], graph: BatchedGraph) -> list[Prediction]:
+        """``predictions`` of the systems of ``graph``, each with its uncertainty when the potential has a grader."""
+        if self.grader is not None:
+            for prediction, uncertainty in zip(predictions, self.grader.uncertainties(self, graph), strict=True):
+                prediction.uncertainty = uncertainty
+        return predictions
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.card.name!r}, device={self.device}, dtype={self.dtype})"
+
+
+class Grader(Protocol):
+    """An active set that grades structures (``models/backends/mtp_grade.py``, ``ace_gamma.py``)."""
+
+    def uncertainties(self, potential: Potential, graph: BatchedGraph) -> list[Uncertainty]:
+        """The uncertainty of each system of ``graph``, in order."""
+        ...
+
+    def select(
+        self, potential: Potential, systems: Sequence[AtomicSystem], max_count: int, threshold: float
+    ) -> Selection:
+        """Grades of ``systems``, those above ``threshold`` and a D-optimal subset of at most ``max_count``."""
+        ...
 
 
 class Backend(Protocol):

@@ -31,7 +31,6 @@ import torch
 from ase.data import atomic_numbers
 
 from ...errors import ErrorCode
-from ..active_sets import Selection
 from ..cards import CardError, ModelCard
 from ..edge_gradients import predict_on_edges
 from ..graph import BatchedGraph, build_graph, neighbor_list
@@ -233,18 +232,7 @@ class AcePotential(Potential):
         graph = build_graph(systems, self.cutoff)
         energy_of = partial(self.system_energies, graph)
         predictions = predict_on_edges(systems, properties, graph, energy_of, dtype=self.dtype, device=self.device)
-        if self.grader is not None:
-            for prediction, uncertainty in zip(predictions, self.grader.uncertainties(self, graph), strict=True):
-                prediction.uncertainty = uncertainty
-        return predictions
-
-    def select(self, systems: Sequence[AtomicSystem], max_count: int, threshold: float = 1.0) -> Selection:
-        """γ of ``systems``, those above ``threshold`` and pace_select's D-optimal subset (ace_gamma.py)."""
-        if self.grader is None:
-            return super().select(systems, max_count, threshold)
-        for system in systems:
-            self.check(system)  # StructureRejected names what this model cannot take
-        return self.grader.select(self, systems, max_count, threshold)
+        return self.graded(predictions, graph)
 
     # -- the model ----------------------------------------------------------------------------------------------
 

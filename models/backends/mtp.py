@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers, chemical_symbols
 
-from ..active_sets import Selection
 from ..cards import CardError, ModelCard
 from ..graph import BatchedGraph, build_graph
 from ..potential import ALL_PROPERTIES, Potential, Prediction, divide_by_volume, needs_gradients, split_batch
@@ -122,18 +121,7 @@ class MTPPotential(Potential):
         output = self.evaluate(graph, need_grad=needs_gradients(properties))
         stress = None if output.virial is None else divide_by_volume(systems, -output.virial)  # ASE: -W / V
         predictions = split_batch(systems, properties, output.energy, output.forces, stress)
-        if self.grader is not None:
-            for prediction, uncertainty in zip(predictions, self.grader.uncertainties(self, graph), strict=True):
-                prediction.uncertainty = uncertainty
-        return predictions
-
-    def select(self, systems: Sequence[AtomicSystem], max_count: int, threshold: float = 1.0) -> Selection:
-        """Grades of ``systems``, those above ``threshold`` and MaxVol's D-optimal subset (mtp_grade.py)."""
-        if self.grader is None:
-            return super().select(systems, max_count, threshold)
-        for system in systems:
-            self.check(system)  # StructureRejected names what this model cannot take
-        return self.grader.select(self, systems, max_count, threshold)
+        return self.graded(predictions, graph)
 
     @property
     def tensor_native(self) -> bool:
