@@ -30,6 +30,7 @@ from mlipserve.models.backends.gap_format import read_gap
 from mlipserve.models.cards import ModelCard
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.engine.tuning import tune_process
+from timing import predict_batched
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gap"
 SILICON = SHARED / "lammps_examples_quip_Si" / "gap_example.xml"
@@ -80,24 +81,6 @@ def run_quippy(init_args: str | None, path: Path, structures: list[Atoms]) -> tu
     return time.perf_counter() - start, energies
 
 
-def run_batched(potential: GapPotential, structures: list[Atoms], max_atoms: int) -> tuple[float, list[float]]:
-    systems = [AtomicSystem.from_ase(atoms) for atoms in structures]
-    potential.predict(systems[:4])  # warm-up
-    energies = []
-    start = time.perf_counter()
-    batch, atoms_in_batch = [], 0
-    for system in systems:
-        if batch and atoms_in_batch + system.n_atoms > max_atoms:
-            energies += [p.energy for p in potential.predict(batch)]
-            batch, atoms_in_batch = [], 0
-        batch.append(system)
-        atoms_in_batch += system.n_atoms
-    energies += [p.energy for p in potential.predict(batch)]
-    if potential.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, energies
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--water", action="store_true", help="QUIP's distance_2b water GAP instead of Si SOAP")
@@ -129,7 +112,7 @@ def main() -> None:
     quippy_seconds, quippy_energies = run_quippy(init_args, path, structures)
     rows = [("quippy-ase 0.10.3 (QUIP Fortran), one structure at a time", quippy_seconds)]
     for max_atoms in args.batch_atoms:
-        seconds, energies = run_batched(potential, structures, max_atoms)
+        seconds, energies = predict_batched(potential, [AtomicSystem.from_ase(a) for a in structures], max_atoms)
         per_atom = np.abs(np.subtract(energies, quippy_energies)) / [len(atoms) for atoms in structures]
         assert per_atom.max() < 1e-9, f"torch GAP and quippy disagree by {per_atom.max():.2e} eV/atom"
         rows.append((f"mlipserve GapPotential ({args.device}), batches of <= {max_atoms} atoms", seconds))

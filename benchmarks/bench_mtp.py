@@ -28,6 +28,7 @@ from mlipserve.models.backends.mtp_format import read_mtp
 from mlipserve.models.cards import ModelCard, file_sha256
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.engine.tuning import tune_process
+from timing import predict_batched
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mtp"
 DEFAULT_MTP = SHARED / "asemtp_FeCoNiCrAl_5species" / "pot.mtp"
@@ -70,22 +71,6 @@ def run_motep(path: Path, elements: list[str], structures: list[Atoms]) -> tuple
     return time.perf_counter() - start, energies
 
 
-def run_batched(potential: MTPPotential, structures: list[Atoms], max_atoms: int) -> tuple[float, list[float]]:
-    systems = [AtomicSystem.from_ase(atoms) for atoms in structures]
-    potential.predict(systems[:4])  # warm-up
-    energies = []
-    start = time.perf_counter()
-    batch, atoms_in_batch = [], 0
-    for system in systems:
-        if batch and atoms_in_batch + system.n_atoms > max_atoms:
-            energies += [p.energy for p in potential.predict(batch)]
-            batch, atoms_in_batch = [], 0
-        batch.append(system)
-        atoms_in_batch += system.n_atoms
-    energies += [p.energy for p in potential.predict(batch)]
-    return time.perf_counter() - start, energies
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mtp", type=Path, default=DEFAULT_MTP)
@@ -122,7 +107,7 @@ def main() -> None:
         motep_seconds, motep_energies = run_motep(args.mtp, args.elements, structures)
     rows = [("motep 0.2.0 (C engine), one structure at a time", motep_seconds)]
     for max_atoms in args.batch_atoms:
-        seconds, energies = run_batched(potential, structures, max_atoms)
+        seconds, energies = predict_batched(potential, [AtomicSystem.from_ase(a) for a in structures], max_atoms)
         per_atom = np.abs(np.subtract(energies, motep_energies)) / [len(atoms) for atoms in structures]
         assert per_atom.max() < 1e-9, f"torch MTP and motep disagree by {per_atom.max():.2e} eV/atom"
         rows.append((f"mlipserve MTPPotential, batches of <= {max_atoms} atoms", seconds))

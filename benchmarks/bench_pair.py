@@ -30,10 +30,10 @@ from ase.calculators.lj import LennardJones
 from ase.calculators.morse import MorsePotential
 from mlipserve.models.cards import file_sha256
 from mlipserve.models.loading import load_model
-from mlipserve.models.potential import Potential
 from mlipserve.models.registry import ModelRegistry
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.engine.tuning import tune_process
+from timing import predict_batched
 
 REPEATS = [(i, j, k) for i in range(1, 5) for j in range(1, 5) for k in range(1, 5) if i >= j >= k]
 #: name -> (parameter file, element, fcc lattice constant Å, ASE's calculator with the same parameters)
@@ -104,23 +104,6 @@ def run_ase(calculator: Callable[[], Calculator], structures: list[Atoms]) -> tu
     return time.perf_counter() - start, energies
 
 
-def run_batched(potential: Potential, structures: list[Atoms], max_atoms: int) -> tuple[float, list[float]]:
-    systems = [AtomicSystem.from_ase(atoms) for atoms in structures]
-    potential.predict(systems[:4])  # warm-up
-    energies: list[float] = []
-    start = time.perf_counter()
-    batch: list[AtomicSystem] = []
-    atoms_in_batch = 0
-    for system in systems:
-        if batch and atoms_in_batch + system.n_atoms > max_atoms:
-            energies += [p.energy for p in potential.predict(batch)]
-            batch, atoms_in_batch = [], 0
-        batch.append(system)
-        atoms_in_batch += system.n_atoms
-    energies += [p.energy for p in potential.predict(batch)]
-    return time.perf_counter() - start, energies
-
-
 def main() -> None:
     import tempfile
 
@@ -148,7 +131,9 @@ def main() -> None:
             ase_seconds, ase_energies = run_ase(calculator, structures)
             rows = [(f"ASE {type(calculator()).__name__}, one structure at a time", ase_seconds)]
             for max_atoms in args.batch_atoms:
-                seconds, energies = run_batched(potential, structures, max_atoms)
+                seconds, energies = predict_batched(
+                    potential, [AtomicSystem.from_ase(a) for a in structures], max_atoms
+                )
                 per_atom = np.abs(np.subtract(energies, ase_energies)) / [len(atoms) for atoms in structures]
                 assert per_atom.max() < 1e-10, f"{name}: pair family and ASE disagree by {per_atom.max():.2e} eV/atom"
                 rows.append((f"mlipserve PairPotential, batches of <= {max_atoms} atoms", seconds))

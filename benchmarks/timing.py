@@ -5,23 +5,32 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import torch
 from mlipserve.models.system import AtomicSystem
 
 
 def time_batched(potential, systems: Sequence[AtomicSystem], max_atoms: int) -> float:
     """Seconds to predict ``systems`` in order, in batches of at most ``max_atoms`` atoms (after a warm-up)."""
+    return predict_batched(potential, systems, max_atoms)[0]
+
+
+def predict_batched(potential, systems: Sequence[AtomicSystem], max_atoms: int) -> tuple[float, list[float]]:
+    """Seconds to predict ``systems`` in batches of at most ``max_atoms`` atoms (after a warm-up), and the energies."""
     potential.predict(systems[:4])
+    energies: list[float] = []
     start = time.perf_counter()
     batch: list[AtomicSystem] = []
     atoms_in_batch = 0
     for system in systems:
         if batch and atoms_in_batch + system.n_atoms > max_atoms:
-            potential.predict(batch)
+            energies += [prediction.energy for prediction in potential.predict(batch)]
             batch, atoms_in_batch = [], 0
         batch.append(system)
         atoms_in_batch += system.n_atoms
-    potential.predict(batch)
-    return time.perf_counter() - start
+    energies += [prediction.energy for prediction in potential.predict(batch)]
+    if potential.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, energies
 
 
 def time_served(url: str, model: str, structures: Sequence) -> float:
