@@ -8,6 +8,8 @@ from ..protocol import RelaxOptions
 from .calculator import RemoteCalculator
 from .client import AsyncClient, Client
 from .errors import MLIPServeError, RequestFailed, StructureFailed
+from .md import MDResult
+from .neb import NEBResult
 from .options import ClientSettings
 from .results import RelaxResult, Result
 
@@ -15,7 +17,9 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientSettings",
+    "MDResult",
     "MLIPServeError",
+    "NEBResult",
     "RelaxOptions",
     "RelaxResult",
     "RemoteCalculator",

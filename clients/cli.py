@@ -1,4 +1,5 @@
-"""``mlipserve predict`` and ``mlipserve relax``: structures from files, through a server, to extended XYZ.
+"""``mlipserve predict``, ``relax``, ``select``, ``md`` and ``neb``: structures from files, through a server, to
+extended XYZ.
 
 Exit status: 0 when results were written (structures that failed are named on stderr), 1 when nothing could be
 written (nothing readable, every structure failed, the server refused the request), 3 when the server could not
@@ -11,12 +12,13 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, get_args
 
-from ..protocol import RelaxOptions
+from ..protocol import IntegratorName, Interpolation, MDOptions, NEBOptions, OptimizerName, RelaxOptions
 from .client import Client
 from .errors import RequestFailed
 from .files import Frame, Problem, read_all, result_atoms, structure_error, write_extxyz
+from .md import MDResult
 from .options import DEFAULT_URL
 from .relaxing import RELAX_DIRECT_LIMIT
 from .results import RelaxResult, Result
@@ -65,6 +67,8 @@ def add_file_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     select.add_argument("--threshold", type=float, default=1.0, help="grade above which a frame is flagged (1.0)")
     select.add_argument("--above", default=None, metavar="ABOVE.extxyz", help="also write every flagged frame")
     select.set_defaults(handler=select_command)
+    _add_md_command(commands)
+    _add_neb_command(commands)
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +89,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_relax_options(parser: argparse.ArgumentParser) -> None:
     defaults = RelaxOptions()
+    parser.add_argument(
+        "--optimizer", choices=get_args(OptimizerName), default=defaults.optimizer, help="default %(default)s"
+    )
     parser.add_argument("--fmax", type=float, default=defaults.fmax, help="eV/Å (default %(default)s)")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="default %(default)s")
     parser.add_argument("--no-relax-cell", action="store_true", help="keep the cell fixed")
@@ -123,6 +130,7 @@ def send_predict(client: Client, structures: list[Any], args: argparse.Namespace
 def send_relax(client: Client, structures: list[Any], args: argparse.Namespace) -> Sequence[Result]:
     """Relaxations with the command's options; through a job for large sets."""
     options = RelaxOptions(
+        optimizer=args.optimizer,
         fmax=args.fmax,
         max_steps=args.max_steps,
         relax_cell=not args.no_relax_cell,
@@ -132,8 +140,7 @@ def send_relax(client: Client, structures: list[Any], args: argparse.Namespace) 
     )
     if len(structures) > args.job_above:
         return client.run_job(structures, relax=options, errors="return")
-    fields = {key: value for key, value in options.request().items() if key != "optimizer"}  # relax() has FIRE only
-    return client.relax(structures, errors="return", **fields)
+    return client.relax(structures, errors="return", **options.request())
 
 
 def select_command(args: argparse.Namespace) -> int:
@@ -267,3 +274,182 @@ def reachable(url: str, timeout: float = 10.0) -> bool:
     except httpx.TransportError:
         return False
     return True
+
+
+# -- md and neb ---------------------------------------------------------------------------------------------------
+
+#: Frames the ``md`` command records by default: it is there to write trajectories.
+MD_TRAJECTORY_EVERY = 10
+
+
+def _add_md_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    md = commands.add_parser(
+        "md",
+        help="molecular dynamics of structure files on a server, trajectories written as extxyz",
+        description="Run MD on every frame of the files on a server; write each structure's recorded frames and its "
+        "final state (velocities as momenta; info structure, source, frame, step, time_fs, temperature; the final "
+        "one also stop_reason, seed and final=True) to one extxyz file. Frames whose atoms carry momenta start "
+        "from those velocities, the others from a Maxwell-Boltzmann distribution at --temperature-k.",
+    )
+    md.add_argument("files", nargs="+", metavar="FILE", help="structure files (any format ase reads) or folders")
+    md.add_argument("-o", "--output", required=True, metavar="OUT.extxyz", help="extxyz file to write")
+    _add_server_options(md)
+    defaults = MDOptions()
+    md.add_argument("--integrator", choices=get_args(IntegratorName), default=defaults.integrator)
+    md.add_argument("--steps", type=int, default=defaults.steps, metavar="N", help="time steps (default %(default)s)")
+    md.add_argument("--timestep-fs", type=float, default=defaults.timestep_fs, help="fs (default %(default)s)")
+    md.add_argument(
+        "--temperature-k",
+        dest="temperature_K",
+        type=float,
+        default=None,
+        help="thermostat target and initial Maxwell-Boltzmann temperature, K (needed by langevin, csvr, npt_crescale)",
+    )
+    md.add_argument(
+        "--pressure", type=float, default=defaults.pressure, help="npt_crescale: eV/Å³; 1 GPa = 0.006241509"
+    )
+    md.add_argument(
+        "--trajectory-every",
+        type=int,
+        default=MD_TRAJECTORY_EVERY,
+        metavar="K",
+        help="record a frame every K steps and the last one; 0: only the final state (default %(default)s)",
+    )
+    md.add_argument("--seed", type=int, default=None, help="structure i runs with seed S+i (default: drawn)")
+    md.add_argument("--friction-per-fs", type=float, default=defaults.friction_per_fs, help="langevin: 1/fs")
+    md.add_argument("--thermostat-time-fs", type=float, default=defaults.thermostat_time_fs, help="csvr, npt: fs")
+    md.add_argument("--barostat-time-fs", type=float, default=defaults.barostat_time_fs, help="npt_crescale: fs")
+    md.add_argument("--barostat", choices=("isotropic", "anisotropic"), default=defaults.barostat)
+    md.add_argument("--max-grade", type=float, default=None, help="stop where the model's uncertainty goes above")
+    md.set_defaults(handler=md_command)
+
+
+def _add_neb_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    neb = commands.add_parser(
+        "neb",
+        help="the minimum-energy path between two structure files on a server (climbing-image NEB); the barrier",
+        description="Find the minimum-energy path from INITIAL to FINAL (one structure each, same atoms in the same "
+        "order) with a climbing-image nudged elastic band on a server; print the barrier, optionally write the "
+        "images as extxyz and the energy profile as an image.",
+    )
+    neb.add_argument("initial", metavar="INITIAL", help="the initial end point (one structure)")
+    neb.add_argument("final", metavar="FINAL", help="the final end point (one structure)")
+    neb.add_argument("-o", "--output", default=None, metavar="PATH.extxyz", help="write the images here")
+    neb.add_argument("--plot", default=None, metavar="PROFILE.png", help="write the energy profile here")
+    _add_server_options(neb)
+    defaults = NEBOptions()
+    neb.add_argument("--images", type=int, default=defaults.images, help="images between the ends (%(default)s)")
+    neb.add_argument("--interpolation", choices=get_args(Interpolation), default=defaults.interpolation)
+    neb.add_argument("--no-climb", action="store_true", help="no climbing image")
+    neb.add_argument("--fmax", type=float, default=defaults.fmax, help="eV/Å (default %(default)s)")
+    neb.add_argument("--max-steps", type=int, default=defaults.max_steps, help="default %(default)s")
+    neb.add_argument("--spring-constant", type=float, default=defaults.spring_constant, help="eV/Å² (%(default)s)")
+    neb.set_defaults(handler=neb_command)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="model to use (default: the server's first)")
+    parser.add_argument(
+        "--server", "--url", dest="server", default=DEFAULT_URL, metavar="URL", help="server (default %(default)s)"
+    )
+    parser.add_argument("--format", default=None, help="ase format of the input files (default: guessed per file)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
+
+
+def md_command(args: argparse.Namespace) -> int:
+    """``mlipserve md``: the exit status."""
+    name = "mlipserve md"
+    frames, problems = read_all(args.files, args.format)
+    report(name, problems)
+    if not frames:
+        return fail(name, "no structure could be read; nothing written", EXIT_NOTHING_WRITTEN)
+    options = {
+        key: getattr(args, key)
+        for key in ("integrator", "steps", "timestep_fs", "temperature_K", "pressure", "trajectory_every", "seed")
+    }
+    options |= {key: getattr(args, key) for key in ("friction_per_fs", "thermostat_time_fs", "barostat_time_fs")}
+    options |= {"barostat": args.barostat, "max_grade": args.max_grade}
+    structures = [frame.atoms for frame in frames]
+    results, status = _ask(name, args, lambda client: client.md(structures, errors="return", **options))
+    if results is None:
+        return status
+    written: list[Any] = []
+    failed: list[Problem] = []
+    for index, (frame, result) in enumerate(zip(frames, results, strict=True)):
+        if not result.ok:
+            failed.append(structure_error(frame, result))
+            continue
+        for atoms in result.frames():
+            atoms.info.update(structure=index, source=frame.source, frame=frame.index, model=result.model.get("name"))
+            written.append(atoms)
+    report(name, failed)
+    if not written:
+        return fail(name, f"all {len(frames)} structures failed; nothing written", EXIT_NOTHING_WRITTEN)
+    write_extxyz(args.output, written)
+    ran = [result for result in results if isinstance(result, MDResult) and result.ok]
+    reasons = Counter(result.stop_reason for result in ran)
+    ended = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    line = f"wrote {len(written)} frames of {len(ran)} structures to {args.output} (model {ran[0].model.get('name')})"
+    print(f"{name}: {line}: {ended}" + (f"; {len(failed)} failed (above)" if failed else ""), file=sys.stderr)
+    return 0
+
+
+def neb_command(args: argparse.Namespace) -> int:
+    """``mlipserve neb``: the exit status."""
+    name = "mlipserve neb"
+    ends: list[Any] = []
+    for path in (args.initial, args.final):
+        frames, problems = read_all([path], args.format)
+        report(name, problems)
+        if len(frames) != 1:
+            found = f"{len(frames)} structures" if frames else "no structure"
+            return fail(name, f"{path}: {found}; give one structure per end point", EXIT_NOTHING_WRITTEN)
+        ends.append(frames[0].atoms)
+    options = {
+        "images": args.images,
+        "interpolation": args.interpolation,
+        "climb": not args.no_climb,
+        "fmax": args.fmax,
+        "max_steps": args.max_steps,
+        "spring_constant": args.spring_constant,
+    }
+    found, status = _ask(name, args, lambda client: [client.neb(*ends, errors="return", **options)])
+    if found is None:
+        return status
+    result = found[0]
+    if not result.ok:
+        assert result.error is not None
+        return fail(name, f"{result.error.message} [{result.error.code}]", EXIT_NOTHING_WRITTEN)
+    if args.output is not None:
+        for image in result.images:
+            image.info["model"] = result.model.get("name")
+        result.write(args.output)
+    if args.plot is not None:
+        try:
+            result.plot(args.plot)
+        except ImportError as error:
+            return fail(name, f"{error}; no plot written", EXIT_NOTHING_WRITTEN)
+    ended = f"converged in {result.steps} steps" if result.converged else f"{result.stop_reason} after {result.steps}"
+    print(
+        f"barrier {result.barrier:.4f} eV (backward {result.barrier_backward:.4f} eV), saddle at image "
+        f"{result.saddle_index} of 0-{len(result.images) - 1}; {ended} (fmax {result.fmax:.3g} eV/Å, model "
+        f"{result.model.get('name')})"
+    )
+    return 0
+
+
+def _ask(name: str, args: argparse.Namespace, send: Callable[[Client], Sequence[Any]]) -> tuple[Any, int]:
+    """What ``send`` got from the server at ``args.server``, or None and the exit status (the problem said)."""
+    if not reachable(args.server):
+        message = f"cannot reach the server at {args.server} (is `mlipserve serve` running?); nothing written"
+        return None, fail(name, message, EXIT_UNREACHABLE)
+    try:
+        with Client(args.server, model=args.model, progress=False if args.no_progress else None) as client:
+            return send(client), 0
+    except RequestFailed as error:
+        unreachable = error.status is None
+        what = "lost the server" if unreachable else "the server refused the request"
+        status = EXIT_UNREACHABLE if unreachable else EXIT_NOTHING_WRITTEN
+        return None, fail(name, f"{what}: {error}; nothing written", status)
+    except KeyboardInterrupt:
+        return None, fail(name, "interrupted; nothing written", EXIT_INTERRUPTED)

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from ..protocol import ALL_PROPERTIES
 from .async_transport import AsyncTransport
+from .md import md
 from .methods import planned, streamed
+from .neb import neb, neb_many
 from .options import DEFAULT_URL, ClientSettings
 from .planner import Planner
 from .selecting import select
@@ -31,6 +33,9 @@ class _Methods:
 
     predict = planned(Planner.predict)
     relax = planned(Planner.relax)
+    md = planned(md)
+    neb = planned(neb)
+    neb_many = planned(neb_many)
     submit_job = planned(Planner.submit_job)
     submit_job_file = planned(Planner.submit_job_file)
     job = planned(Planner.job)

@@ -9,9 +9,10 @@ import orjson
 
 from mlipserve.errors import ErrorCode
 
-from ..protocol import JobState, Property, RelaxOptions
+from ..protocol import JobState, MDOptions, Property, RelaxOptions
 from .encoding import as_list, encode_structure
 from .errors import RequestFailed
+from .md import MDResult
 from .options import ErrorMode
 from .relaxing import FixedAtoms, fixed_lists
 from .results import RelaxResult, Result, checked
@@ -38,18 +39,24 @@ def job_body(
     model: str | None,
     relax: RelaxOptions | Mapping[str, Any] | None = None,
     fixed: FixedAtoms | None = None,
+    md: MDOptions | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /v1/jobs`` (``model`` None: the server's), structures encoded as predict sends them.
 
-    With ``relax``, the job relaxes the structures; ``fixed`` gives each one's fixed atoms, by default those of its
-    ase FixAtoms constraints.
+    With ``relax``, the job relaxes the structures; with ``md``, it runs MD from each; ``fixed`` gives each one's
+    fixed atoms, by default those of its ase FixAtoms constraints.
     """
+    if relax is not None and md is not None:
+        raise ValueError("a job relaxes or runs MD, not both")
     _, items = as_list(structures)
     body: dict[str, Any] = {"structures": [encode_structure(s) for s in items], "properties": list(properties)}
     if model:
         body["model"] = model
     if relax is not None:
         body["relax"] = RelaxOptions.of(relax).request()
+    if md is not None:
+        body["md"] = MDOptions.of(md).request()
+    if relax is not None or md is not None:
         fixed_atoms = fixed_lists(items, fixed)
         if any(f is not None for f in fixed_atoms):
             body["fixed"] = fixed_atoms
@@ -73,10 +80,11 @@ def results_path(job_id: str) -> str:
 
 
 def decode_line(line: str | bytes, model: dict[str, Any]) -> tuple[int, Result]:
-    """One NDJSON line of a results stream: its index and its :class:`Result` (a RelaxResult for a relaxation)."""
+    """One NDJSON line of a results stream: its index and its :class:`Result` (a RelaxResult for a relaxation, an
+    MDResult for an MD run)."""
     entry = orjson.loads(line)
     index = entry.pop("index")
-    kind = RelaxResult if "stop_reason" in entry else Result
+    kind = MDResult if "time_fs" in entry else RelaxResult if "stop_reason" in entry else Result
     return index, kind.from_entry(index, 0, entry, model)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..errors import ErrorCode
-from ..protocol import ALL_PROPERTIES, Property, RelaxOptions
+from ..protocol import ALL_PROPERTIES, MDOptions, OptimizerName, Property, RelaxOptions
 from ..protocol import FINAL_JOB_STATES as FINAL_STATES
 from . import relaxing
 from .effects import Call, Emit, Gather, Open, Plan, ReadLine, Reply, Send, Sleep, Stream, Upload, emitted
@@ -69,6 +69,7 @@ class Planner:
         structures: StructureLike | Sequence[StructureLike],
         *,
         model: str | None = None,
+        optimizer: OptimizerName = RelaxOptions.optimizer,
         fmax: float = RelaxOptions.fmax,
         max_steps: int = RelaxOptions.max_steps,
         relax_cell: bool = RelaxOptions.relax_cell,
@@ -81,7 +82,8 @@ class Planner:
         errors: ErrorMode = "raise",
         progress: bool | None = None,
     ) -> Plan[Any]:
-        """Relax one structure or a list on the server (FIRE on atoms and cell; matbench-discovery defaults).
+        """Relax one structure or a list on the server (FIRE, or ``optimizer="bfgs"``, on atoms and cell;
+        matbench-discovery defaults).
 
         ``fixed`` gives each structure's fixed atom indices; by default they come from ase FixAtoms constraints.
         ``max_grade`` stops a relaxation whose uncertainty (MTP grade, ACE γ, committee spread) goes above it.
@@ -92,6 +94,7 @@ class Planner:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         options = RelaxOptions(
+            optimizer=optimizer,
             fmax=fmax,
             max_steps=max_steps,
             relax_cell=relax_cell,
@@ -127,13 +130,16 @@ class Planner:
         model: str | None = None,
         relax: RelaxOptions | Mapping[str, Any] | None = None,
         fixed: FixedAtoms | None = None,
+        md: MDOptions | Mapping[str, Any] | None = None,
     ) -> Plan[str]:
         """Start a server-side job on a (large) list of structures (``POST /v1/jobs``); return its id at once.
 
         With ``relax`` (a :class:`RelaxOptions`, or a dict of some of its fields, e.g. ``{"fmax": 0.05}``), the job
-        relaxes them and its results are :class:`RelaxResult` objects.
+        relaxes them and its results are :class:`RelaxResult` objects; with ``md`` (:class:`MDOptions` or a dict,
+        e.g. ``{"integrator": "langevin", "temperature_K": 300, "steps": 1000}``) it runs MD from each, and its
+        results are :class:`MDResult` objects with their trajectories.
         """
-        body = job_body(structures, properties, self._model(model), relax, fixed)
+        body = job_body(structures, properties, self._model(model), relax, fixed, md)
         status = yield from self._request("POST", "/v1/jobs", json=body)
         return cast(str, status["id"])
 
@@ -186,6 +192,7 @@ class Planner:
         model: str | None = None,
         relax: RelaxOptions | Mapping[str, Any] | None = None,
         fixed: FixedAtoms | None = None,
+        md: MDOptions | Mapping[str, Any] | None = None,
         errors: ErrorMode = "raise",
         progress: bool | None = None,
         poll: float = 1.0,
@@ -195,7 +202,7 @@ class Planner:
         Interrupting it (Ctrl-C; cancelling the awaiting task of an AsyncClient) cancels the job. A job that fails
         or is cancelled raises :class:`RequestFailed`.
         """
-        job_id = yield from self.submit_job(structures, properties, model=model, relax=relax, fixed=fixed)
+        job_id = yield from self.submit_job(structures, properties, model=model, relax=relax, fixed=fixed, md=md)
         try:
             with progress_bar(self.settings, len(structures), progress) as bar:
                 while (status := (yield from self.job(job_id)))["state"] not in FINAL_STATES:

@@ -30,7 +30,7 @@ from .errors import RequestError
 from .jobs import JobManager
 from .limits import BodyLimitMiddleware, BodyLimits
 from .observe import ObservingMiddleware
-from .routes import health, jobs, models, page, predict, relax, select, status
+from .routes import health, jobs, md, models, neb, page, predict, relax, select, status
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -82,6 +82,8 @@ def create_api(
 
     app.include_router(predict.create_router(state), dependencies=admitting(Scope.PREDICT))
     app.include_router(relax.create_router(state), dependencies=admitting(Scope.RELAX))
+    app.include_router(md.create_router(state), dependencies=admitting(Scope.RELAX))
+    app.include_router(neb.create_router(state), dependencies=admitting(Scope.RELAX))
     app.include_router(select.create_router(state), dependencies=admitting(Scope.PREDICT))
     app.include_router(jobs.create_router(state, job_manager), dependencies=admitting(Scope.JOBS))
     app.include_router(models.create_router(state), dependencies=admitting(None))

@@ -23,7 +23,7 @@ from ...models.cards import ModelCard
 from ...models.committee import combine, is_committee, members_of
 from ...models.registry import ModelRegistry, UnknownModel
 from ..engine.tasks import Task, TaskResult
-from ..transport.base import Broker, ModelDirectory, ModelState, ModelStatus
+from ..transport.base import Broker, ModelDirectory, ModelState, ModelStatus, ProgressHandler
 from .errors import RequestError
 
 #: The worse of two states wins when members' states are combined.
@@ -112,14 +112,14 @@ class CommitteeBroker(Broker):
         self.inner = inner
         self.directory = directory
 
-    async def submit(self, tasks: Sequence[Task]) -> list[TaskResult]:
+    async def submit(self, tasks: Sequence[Task], on_progress: ProgressHandler | None = None) -> list[TaskResult]:
         fanned: dict[str, tuple[str, ...] | None] = {}
         plan: list[list[Task]] = []  # per task: the tasks that answer it (the task itself, or one per member)
         for task in tasks:
             if task.model not in fanned:
                 fanned[task.model] = await self.directory.fanned_out(task.model)
             plan.append(_member_tasks(task, members) if (members := fanned[task.model]) else [task])
-        results = iter(await self.inner.submit([sub for subs in plan for sub in subs]))
+        results = iter(await self.inner.submit([sub for subs in plan for sub in subs], on_progress))
         answered = []
         for task, subs in zip(tasks, plan, strict=True):
             own = [next(results) for _ in subs]

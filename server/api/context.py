@@ -11,7 +11,7 @@ from ...models.registry import DEFAULT_MODEL, ModelRegistry, UnknownModel
 from ..config import ServerSettings
 from ..engine.tasks import Task, TaskResult
 from ..quotas import LocalQuotas
-from ..transport.base import Broker, ModelDirectory, ModelState, ModelStatus
+from ..transport.base import Broker, ModelDirectory, ModelState, ModelStatus, ProgressHandler
 from .auth import Authenticator
 from .committee import CommitteeDirectory
 from .errors import RequestError
@@ -28,9 +28,9 @@ class AppState:
     auth: Authenticator = field(default_factory=lambda: Authenticator(None, LocalQuotas()))
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
 
-    async def submit(self, tasks: Sequence[Task]) -> list[TaskResult]:
-        """Run ``tasks`` through the broker and count the work done."""
-        results = await self.broker.submit(tasks)
+    async def submit(self, tasks: Sequence[Task], on_progress: ProgressHandler | None = None) -> list[TaskResult]:
+        """Run ``tasks`` through the broker and count the work done; ``on_progress`` gets the frames they report."""
+        results = await self.broker.submit(tasks, on_progress=on_progress)
         self.metrics.count_results(tasks, results)
         return results
 

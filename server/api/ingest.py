@@ -6,6 +6,8 @@ Each structure is decoded (``structures.py``) and checked against the server's l
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +17,7 @@ import numpy as np
 from ...errors import ErrorCode
 from ...models.cards import ModelCard
 from ...models.system import AtomicSystem
-from ..dynamics.options import RelaxOptions, RelaxSpec
+from ..dynamics.options import MDOptions, MDSpec, NEBOptions, NEBSpec, RelaxOptions, RelaxSpec
 from ..engine.tasks import Task
 from .errors import RequestError, StructureError
 from .structures import decode_structure
@@ -23,6 +25,14 @@ from .validation import StructureLimits, validate_structure
 
 #: What a relaxation result reports for its final geometry.
 RELAX_PROPERTIES = ("energy", "forces", "stress")
+#: What an MD result reports for its final geometry (its frames carry the stress of periodic structures).
+MD_PROPERTIES = ("energy", "forces", "stress")
+#: What an NEB path is evaluated for, and reports for its saddle image.
+NEB_PROPERTIES = ("energy", "forces")
+#: The integrators that hold a temperature, and so need ``temperature_K``.
+THERMOSTATS = ("langevin", "csvr", "npt_crescale")
+#: End points and images whose cells differ by more than this (Å, any entry) are refused.
+CELL_TOLERANCE = 1e-6
 
 Prepared = Task | StructureError
 
@@ -131,3 +141,166 @@ def check_request_atoms(prepared: Sequence[Prepared], limit: int) -> None:
             f"the request holds {total} atoms, more than this server's limit of {limit} per request; "
             "split it (the Python client does this for you)",
         )
+
+
+def check_md_options(options: MDOptions) -> None:
+    """Refuse (422) MD options that cannot run: a thermostat without a target temperature."""
+    if options.integrator in THERMOSTATS and options.temperature_K is None:
+        message = f"integrator {options.integrator!r} is thermostatted: give temperature_K, its target (K)"
+        raise RequestError(422, ErrorCode.INVALID_REQUEST, message)
+
+
+def base_seed(options: MDOptions) -> int:
+    """The seed of a request's first structure: the one asked for, or one drawn for this request."""
+    return options.seed if options.seed is not None else secrets.randbits(32)
+
+
+def check_velocities(velocities: Sequence[Any] | None, n_structures: int) -> list[np.ndarray | None] | None:
+    """Each structure's initial velocities (N×3 finite numbers, Å/fs) or None; 422 naming the first problem.
+
+    The atom count is checked against each structure when it is decoded (:func:`prepare_md_tasks`)."""
+    if velocities is None:
+        return None
+    if len(velocities) != n_structures:
+        message = f"'velocities' has {len(velocities)} entries for {n_structures} structures; give one each (or null)"
+        raise RequestError(422, ErrorCode.INVALID_REQUEST, message)
+    arrays: list[np.ndarray | None] = []
+    for index, values in enumerate(velocities):
+        if values is None:
+            arrays.append(None)
+            continue
+        array = _number_rows(values)
+        if array is None:
+            message = f"velocities[{index}] must be a list of [vx, vy, vz] rows of numbers (Å/fs)"
+            raise RequestError(422, ErrorCode.INVALID_REQUEST, message)
+        if not np.isfinite(array).all():
+            atom = int(np.argwhere(~np.isfinite(array))[0, 0])
+            message = f"velocities[{index}]: the velocity of atom {atom} is NaN or infinite"
+            raise RequestError(422, ErrorCode.NON_FINITE, message)
+        arrays.append(array)
+    return arrays
+
+
+def _number_rows(values: Any) -> np.ndarray | None:
+    """``values`` as an (N, 3) float array when they are rows of three JSON numbers, else None."""
+    if not isinstance(values, list) or not all(isinstance(row, list) and len(row) == 3 for row in values):
+        return None
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for row in values for x in row):
+        return None
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(values, dtype=np.float64).reshape(len(values), 3)
+    except (OverflowError, ValueError):
+        return None
+
+
+def prepare_md_tasks(
+    structures: Sequence[Any],
+    card: ModelCard,
+    limits: StructureLimits,
+    options: MDOptions,
+    seed: int,
+    start: int = 0,
+    velocities: Sequence[np.ndarray | None] | None = None,
+    fixed: Sequence[Sequence[int] | None] | None = None,
+) -> list[Prepared]:
+    """Decode and validate each structure as :func:`prepare_tasks` does, each good one an MD task.
+
+    Structure ``start + i`` runs with seed ``seed + start + i``. NPT needs a structure periodic in all three
+    directions (an error entry otherwise). Velocities whose row count is not the structure's atom count are
+    refused with 422 (``velocities`` are checked by :func:`check_velocities` first).
+    """
+    prepared = prepare_tasks(structures, card, MD_PROPERTIES, limits, start)
+    for offset, item in enumerate(prepared):
+        if not isinstance(item, Task):
+            continue
+        index = start + offset
+        system = item.system
+        try:
+            if options.integrator == "npt_crescale" and not system.pbc.all():
+                problem = f"npt_crescale needs a structure periodic in 3 directions; its pbc is {system.pbc.tolist()}"
+                raise StructureError(index, ErrorCode.INVALID_REQUEST, problem)
+            atoms_fixed = fixed_atoms(index, system, fixed[offset] if fixed else None)
+        except StructureError as error:
+            prepared[offset] = error
+            continue
+        initial = velocities[offset] if velocities else None
+        if initial is not None and len(initial) != system.n_atoms:
+            message = f"velocities[{index}] has {len(initial)} rows for structure {index}'s {system.n_atoms} atoms"
+            raise RequestError(422, ErrorCode.INVALID_REQUEST, message)
+        spec = MDSpec(options, seed + index, velocities=initial, fixed=atoms_fixed)
+        prepared[offset] = dataclasses.replace(item, md=spec)
+    return prepared
+
+
+class PathError(StructureError):
+    """One path of an NEB request is unusable; ``message`` names the path (and the image)."""
+
+    def __init__(self, index: int, code: ErrorCode, problem: str):
+        super().__init__(index, code, problem)
+        self.message = f"path {index}: {problem}"
+        self.args = (self.message,)
+
+
+def prepare_neb_tasks(
+    paths: Sequence[Any], card: ModelCard, limits: StructureLimits, options: NEBOptions
+) -> list[Prepared]:
+    """Decode and validate each path's structures: a task for each good path, a :class:`PathError` for the others.
+
+    Images that do not match the initial end point (atom count, species order, periodicity, cell) refuse the
+    whole request (422): the path is not a path.
+    """
+    prepared: list[Prepared] = []
+    for index, path in enumerate(paths):
+        try:
+            images = [_path_image(index, name, data, card, limits) for name, data in _named_images(path)]
+            initial, *rest = images
+            for (name, _), system in zip(_named_images(path)[1:], rest, strict=True):
+                if problem := path_mismatch(initial, system):
+                    raise RequestError(422, ErrorCode.INVALID_REQUEST, f"path {index}: {name} {problem}")
+            fixed = fixed_atoms(index, initial, path.fixed)
+        except StructureError as error:
+            prepared.append(error if isinstance(error, PathError) else PathError(index, error.code, _problem(error)))
+            continue
+        final, *intermediates = rest
+        spec = NEBSpec(options, final, tuple(intermediates), fixed)
+        task = Task(id=uuid.uuid4().hex, model=card.name, system=initial, properties=NEB_PROPERTIES, neb=spec)
+        prepared.append(task)
+    return prepared
+
+
+def _named_images(path: Any) -> list[tuple[str, Any]]:
+    """A path's structures by name: initial, final, then the intermediates in order."""
+    named = [("initial", path.initial), ("final", path.final)]
+    return named + [(f"intermediate {i}", data) for i, data in enumerate(path.intermediates or ())]
+
+
+def _path_image(index: int, name: str, data: Any, card: ModelCard, limits: StructureLimits) -> AtomicSystem:
+    try:
+        system = decode_structure(index, data)
+        validate_structure(index, system, card, limits)
+    except StructureError as error:
+        raise PathError(index, error.code, f"{name}: {_problem(error)}") from None
+    return system
+
+
+def _problem(error: StructureError) -> str:
+    return error.message.removeprefix(f"structure {error.index}: ")
+
+
+def path_mismatch(initial: AtomicSystem, other: AtomicSystem) -> str | None:
+    """How ``other`` differs from the initial end point in what every image of a path shares, or None."""
+    if other.n_atoms != initial.n_atoms:
+        return f"has {other.n_atoms} atoms, the initial end point {initial.n_atoms}"
+    if (differ := np.flatnonzero(other.numbers != initial.numbers)).size:
+        atom = int(differ[0])
+        return (
+            f"has atomic number {int(other.numbers[atom])} at atom {atom} where the initial end point has "
+            f"{int(initial.numbers[atom])} ({differ.size} atoms differ): the atoms must be in the same order"
+        )
+    if not np.array_equal(other.pbc, initial.pbc):
+        return f"has pbc {other.pbc.tolist()}, the initial end point {initial.pbc.tolist()}"
+    difference = float(np.abs(other.cell - initial.cell).max())
+    if initial.is_periodic and difference > CELL_TOLERANCE:
+        return f"has a cell differing from the initial end point's by up to {difference:.3g} Å (entries)"
+    return None

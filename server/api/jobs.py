@@ -25,7 +25,8 @@ import orjson
 
 from ...errors import ErrorCode
 from ...models.cards import ModelCard
-from ..dynamics.options import RelaxOptions
+from ..dynamics.options import MDOptions, RelaxOptions
+from ..dynamics.outcome import Progress
 from ..engine.tasks import Task, TaskResult
 from ..keys import ApiKey, Scope
 from ..logs import JOB_ID
@@ -33,9 +34,9 @@ from ..quotas import JOB_LEASE_SECONDS
 from ..transport.base import BrokerError, ModelStatus, TimedOut
 from .context import AppState
 from .errors import RequestError, StructureError
-from .ingest import RELAX_PROPERTIES, prepare_tasks
+from .ingest import MD_PROPERTIES, RELAX_PROPERTIES, base_seed, prepare_md_tasks, prepare_tasks
 from .observe import utc_iso
-from .render import model_info, result_entry
+from .render import Trajectories, md_entry, model_info, result_entry
 from .structures import read_frames
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class Job:
     #: For a relaxation job: its options, and each structure's fixed atoms (or None).
     relax: RelaxOptions | None = None
     fixed: Sequence[Sequence[int] | None] | None = field(default=None, repr=False)
+    #: For an MD job: its options, and the seed of its first structure (structure i runs with ``seed + i``).
+    md: MDOptions | None = None
+    seed: int = 0
     state: JobState = JobState.QUEUED
     #: Structures with a result entry, and those of them that are error entries.
     done: int = 0
@@ -112,7 +116,7 @@ class Job:
         return {
             "id": self.id,
             "model": self.model,
-            "kind": "predict" if self.relax is None else "relax",
+            "kind": self.kind,
             "state": self.state.value,
             "total": self.total,
             "done": self.done,
@@ -122,6 +126,16 @@ class Job:
             "error": self.error,
             "model_info": self.model_info,
         }
+
+    @property
+    def kind(self) -> str:
+        """What the job does: predict, relax or md."""
+        return "relax" if self.relax is not None else "md" if self.md is not None else "predict"
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether its structures run for many rounds on the workers (a relaxation or MD run)."""
+        return self.relax is not None or self.md is not None
 
     def start(self, total: int) -> None:
         self.total = total
@@ -188,15 +202,19 @@ class JobManager:
         relax: RelaxOptions | None = None,
         fixed: Sequence[Sequence[int] | None] | None = None,
         key: ApiKey | None = None,
+        md: MDOptions | None = None,
     ) -> Job:
         """Start a job on the structures that ``load`` returns (awaited by the runner, so it may decode a file).
 
-        With ``relax``, the job relaxes them (``fixed``: each structure's fixed atoms) instead of evaluating them.
+        With ``relax``, the job relaxes them (``fixed``: each structure's fixed atoms) instead of evaluating them;
+        with ``md``, it runs MD from each (structure i with seed ``md.seed + i``, or a drawn seed + i).
         The job belongs to ``key``, and takes one of its ``max_jobs`` slots (429 ``too_many_jobs`` when none is free).
         """
         self.forget_expired()
-        properties = RELAX_PROPERTIES if relax is not None else properties
+        properties = RELAX_PROPERTIES if relax is not None else MD_PROPERTIES if md is not None else properties
         job = Job(id=uuid.uuid4().hex, model=card.name, properties=properties, total=total, relax=relax, fixed=fixed)
+        if md is not None:
+            job.md, job.seed = md, base_seed(md)
         job.owner = None if key is None else key.name
         if key is not None and key.max_jobs is not None:
             await self._take_slot(job, key)
@@ -285,7 +303,7 @@ class JobManager:
         JOB_ID.set(job.id)  # this runner's own context: its log lines name the job
         in_flight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
-        slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT if job.relax is None else RELAX_CHUNKS_IN_FLIGHT)
+        slots = asyncio.Semaphore(RELAX_CHUNKS_IN_FLIGHT if job.in_flight else CHUNKS_IN_FLIGHT)
 
         def chunk_ended(task: asyncio.Task[None]) -> None:
             in_flight.discard(task)
@@ -339,13 +357,16 @@ class JobManager:
         """Decode and validate structures ``start, start + 1, ...`` exactly as /v1/predict (or /v1/relax) does."""
         fixed = None if job.fixed is None else job.fixed[start : start + len(structures)]
         limits = self.state.settings.limits
+        if job.md is not None:
+            prepared = prepare_md_tasks(structures, card, limits, job.md, job.seed, start, fixed=fixed)
+            return list(enumerate(prepared, start))
         prepared = prepare_tasks(structures, card, job.properties, limits, start, relax=job.relax, fixed=fixed)
         return list(enumerate(prepared, start))
 
     def _split(self, job: Job, tasks: list[tuple[int, Task]]) -> Iterator[list[tuple[int, Task]]]:
         """Chunks within the chunk size, the per-request atom limit and a share of the broker's queue limit."""
         settings = self.state.settings
-        if job.relax is None:
+        if not job.in_flight:
             size = max(1, min(CHUNK_STRUCTURES, settings.queue_limit // CHUNKS_IN_FLIGHT))
         else:
             size = max(1, min(RELAX_CHUNK_STRUCTURES, settings.queue_limit // RELAX_CHUNKS_IN_FLIGHT))
@@ -365,11 +386,21 @@ class JobManager:
     async def _submit_chunk(
         self, job: Job, chunk: list[tuple[int, Task]], card: ModelCard, status: ModelStatus
     ) -> None:
-        results = await self._submit([task for _, task in chunk])
+        trajectories = Trajectories() if job.md is not None and job.md.trajectory_every > 0 else None
+        results = await self._submit([task for _, task in chunk], trajectories.add if trajectories else None)
         if job.final:
             return
         if not job.worker_known and any(result.worker for result in results):
             job.model_info, job.worker_known = model_info(card, status, results), True
+        if job.md is not None:
+            frames = trajectories or Trajectories()
+            job.record(
+                [
+                    (index, md_entry(result, index, task.n_atoms, job.uncertainty_per_atom, frames.of(result.task_id)))
+                    for (index, task), result in zip(chunk, results, strict=True)
+                ]
+            )
+            return
         job.record(
             [
                 (index, result_entry(result, index, task.n_atoms, job.properties, job.uncertainty_per_atom))
@@ -377,13 +408,17 @@ class JobManager:
             ]
         )
 
-    async def _submit(self, tasks: list[Task]) -> list[TaskResult]:
-        """Submit to the broker, retrying with backoff while it is unavailable (queue full, no worker...)."""
+    async def _submit(
+        self, tasks: list[Task], on_progress: Callable[[Progress], Any] | None = None
+    ) -> list[TaskResult]:
+        """Submit to the broker, retrying with backoff while it is unavailable (queue full, no worker...).
+
+        ``on_progress`` gets what the tasks report (MD frames), keyed by the task ids of the results."""
         started = time.monotonic()
         delay = RETRY_FIRST_DELAY
         while True:
             try:
-                return await self.state.submit(tasks)
+                return await self.state.submit(tasks, on_progress)
             except BrokerError as error:
                 wait = min(error.retry_after or delay, RETRY_MAX_DELAY)
                 waited = time.monotonic() - started

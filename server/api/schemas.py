@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from ... import protocol
 from ...models.registry import DEFAULT_MODEL
-from ...protocol import Property, RelaxOptions, StopReason, UncertaintyDetail
+from ...protocol import (
+    MDOptions,
+    MDStopReason,
+    NEBOptions,
+    NEBStopReason,
+    Property,
+    RelaxOptions,
+    StopReason,
+    UncertaintyDetail,
+)
 
 UNCERTAINTY_DETAIL_DOC = (
     "For models that report an uncertainty (an MTP or ACE active set, a committee): `summary` gives its kind, "
@@ -132,10 +141,113 @@ class RelaxRequest(RelaxSettings):
     uncertainty: UncertaintyDetail = Field("summary", description=UNCERTAINTY_DETAIL_DOC)
 
 
+def _option_fields(options: type) -> dict[str, Any]:
+    """Each field of an options dataclass (protocol.py) with its type, constraints, description and default."""
+    hints = get_type_hints(options, vars(protocol), include_extras=True)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(options)}
+
+
+class _MDOptionsModel(BaseModel):
+    def options(self) -> MDOptions:
+        """The options as the engine takes them."""
+        return MDOptions(**self.model_dump(include={f.name for f in dataclasses.fields(MDOptions)}))
+
+
+class _NEBOptionsModel(BaseModel):
+    def options(self) -> NEBOptions:
+        """The options as the engine takes them."""
+        return NEBOptions(**self.model_dump(include={f.name for f in dataclasses.fields(NEBOptions)}))
+
+
+if TYPE_CHECKING:
+
+    class MDSettings(_MDOptionsModel):
+        pass
+
+    class NEBSettings(_NEBOptionsModel):
+        pass
+
+else:
+    #: How to run MD (the fields of :class:`MDOptions`, declared there once).
+    MDSettings = create_model(
+        "MDSettings",
+        __base__=_MDOptionsModel,
+        __doc__="How to run molecular dynamics: the integrator, its time step and steps, the thermostat and "
+        "barostat, and what to record.",
+        **_option_fields(MDOptions),
+    )
+    #: How to find a minimum-energy path (the fields of :class:`NEBOptions`).
+    NEBSettings = create_model(
+        "NEBSettings",
+        __base__=_NEBOptionsModel,
+        __doc__="How to find a minimum-energy path: ASE's NEB (images, interpolation, climbing image, springs) "
+        "optimised by FIRE.",
+        **_option_fields(NEBOptions),
+    )
+
+
+class MDRequest(MDSettings):
+    model_config = _example(
+        [[0, 0, 0], [1.3575, 1.3575, 1.3575]],
+        [[0, 2.715, 2.715], [2.715, 0, 2.715], [2.715, 2.715, 0]],
+        integrator="csvr",
+        temperature_K=300,
+        steps=100,
+        trajectory_every=10,
+    )
+
+    model: str | None = Field(None, description="Model name; default: the server's first served model.")
+    structures: StructureList = Field(description=STRUCTURE_FORMS_DOC)
+    velocities: list[Any] | None = Field(
+        None,
+        description="Per structure (same order), its initial velocities (N×3, Å/fs), or null: Maxwell-Boltzmann at "
+        "temperature_K (at rest without one).",
+    )
+    fixed: list[list[int] | None] | None = Field(
+        None, description="Per structure (same order), the indices of atoms that must not move (ASE's FixAtoms)."
+    )
+    uncertainty: UncertaintyDetail = Field("summary", description=UNCERTAINTY_DETAIL_DOC)
+
+
+class NEBPath(BaseModel):
+    """One path: its end points, optionally the images between them, and the atoms that must not move."""
+
+    initial: dict[str, Any] = Field(description="The initial end point, in any accepted structure form.")
+    final: dict[str, Any] = Field(description="The final end point: same atoms in the same order, same cell.")
+    intermediates: list[dict[str, Any]] | None = Field(
+        None, description="Images between the end points (then `images` and `interpolation` are not used)."
+    )
+    fixed: list[int] | None = Field(None, description="Indices of atoms that stay put in every image.")
+
+
+class NEBRequest(NEBSettings):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "7net-0",
+                    "paths": [
+                        {
+                            "initial": {"symbols": ["H", "H", "H"], "positions": [[0, 0, 0], [0.75, 0, 0], [3, 0, 0]]},
+                            "final": {"symbols": ["H", "H", "H"], "positions": [[0, 0, 0], [2.25, 0, 0], [3, 0, 0]]},
+                        }
+                    ],
+                    "images": 5,
+                }
+            ]
+        }
+    )
+
+    model: str | None = Field(None, description="Model name; default: the server's first served model.")
+    paths: list[NEBPath] = Field(description="The paths; each gets a result entry, in input order.")
+
+
 class JobRequest(PredictRequest):
-    """A job's JSON body: /v1/predict's, or with ``relax`` a relaxation of every structure."""
+    """A job's JSON body: /v1/predict's, or with ``relax`` a relaxation of every structure, or with ``md`` an MD run
+    from each."""
 
     relax: RelaxSettings | None = Field(None, description="Relax the structures (options as for /v1/relax).")
+    md: MDSettings | None = Field(None, description="Run MD from each structure (options as for /v1/md).")
     fixed: list[list[int] | None] | None = FixedAtoms
 
 
@@ -208,6 +320,60 @@ class RelaxResult(StructureResult):
     )
     fmax: float = Field(description="Largest generalised force (atoms and cell rows) at the final geometry, eV/Å.")
     trajectory: list[Frame] | None = Field(None, description="Frames every trajectory_every steps, and the last.")
+
+
+class MDFrameEntry(BaseModel):
+    step: int
+    time_fs: float
+    positions: list[list[float]] = Field(description="Å.")
+    velocities: list[list[float]] = Field(description="Å/fs.")
+    cell: list[list[float]]
+    energy: float = Field(description="Potential energy, eV.")
+    kinetic_energy: float = Field(description="eV.")
+    temperature: float = Field(description="K (degrees of freedom less 3 per fixed atom).")
+    stress: list[list[float]] | None = Field(None, description="3×3, eV/Å³; periodic structures only.")
+
+
+class MDResult(StructureResult):
+    structure: RelaxedStructure = Field(description="The final geometry; energy, forces and stress are its own.")
+    velocities: list[list[float]] = Field(description="Final velocities, Å/fs.")
+    steps: int = Field(description="Time steps run.")
+    time_fs: float = Field(description="Simulated time, fs.")
+    stop_reason: MDStopReason = Field(
+        description="completed: all steps run; exploded: forces or temperature beyond max_force / "
+        "max_temperature_K, or a non-finite value; extrapolating: the uncertainty went above max_grade."
+    )
+    temperature: float = Field(description="Final temperature, K.")
+    kinetic_energy: float = Field(description="Final kinetic energy, eV.")
+    seed: int = Field(description="The seed this structure's run used (the request's + its index, or drawn).")
+    trajectory: list[MDFrameEntry] | None = Field(
+        None, description="Frames every trajectory_every steps (step 0 included) and the last, by step."
+    )
+
+
+class MDResponse(BaseModel):
+    model: ModelInfo
+    results: list[MDResult | ErrorEntry] = Field(description="One entry per structure, in input order.")
+
+
+class NEBResult(BaseModel):
+    images: list[RelaxedStructure] = Field(description="Every image, end points included, in path order.")
+    energies: list[float] = Field(description="Each image's energy, eV.")
+    image_fmax: list[float] = Field(description="Each image's largest NEB force, eV/Å.")
+    barrier_forward: float = Field(description="Highest image energy less the initial one, eV.")
+    barrier_backward: float = Field(description="Highest image energy less the final one, eV.")
+    saddle_index: int = Field(description="Index of the highest-energy image.")
+    energy: float = Field(description="The saddle image's energy, eV.")
+    forces: list[list[float]] | None = Field(None, description="The saddle image's forces, eV/Å.")
+    steps: int = Field(description="FIRE steps taken.")
+    converged: bool
+    stop_reason: NEBStopReason
+    fmax: float = Field(description="Largest NEB force over the moving images at the end, eV/Å.")
+
+
+class NEBResponse(BaseModel):
+    model: ModelInfo
+    results: list[NEBResult | ErrorEntry] = Field(description="One entry per path, in input order.")
 
 
 class RelaxResponse(BaseModel):

@@ -3,7 +3,8 @@
 An optimizer keeps the state of a changing set of structures, each owning a contiguous block of rows (degrees
 of freedom, 3 columns each) as torch tensors on the model's device; :class:`~.relaxation.RelaxationSet` adds and
 removes structures and asks for steps.
-FIRE is the only entry now; BFGS-like optimizers and MD integrators join by adding an entry.
+FIRE (the matbench-discovery protocol) and BFGS (ASE's, as quasi-Newton protocols use) are the entries; the MD
+integrators have a registry of their own beside this one (``integrators.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from .bfgs import BatchedBFGS
 from .fire import BatchedFire
 
 
@@ -32,7 +34,7 @@ class BatchedOptimizer(Protocol):
         """The displacement of every row for the generalised ``forces``; inactive structures stay put."""
 
 
-OPTIMIZERS: dict[str, Callable[..., BatchedOptimizer]] = {"fire": BatchedFire}
+OPTIMIZERS: dict[str, Callable[..., BatchedOptimizer]] = {"fire": BatchedFire, "bfgs": BatchedBFGS}
 
 
 def make_optimizer(name: str, device: torch.device | str = "cpu") -> BatchedOptimizer:

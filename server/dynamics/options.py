@@ -1,4 +1,5 @@
-"""One structure's relaxation as the optimizers see it: the request's options and the atoms that must not move."""
+"""What the workers run for one structure: the request's options plus the per-structure inputs (fixed atoms,
+initial velocities, images, a checkpoint to resume from)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...protocol import OptimizerName, RelaxOptions
+from ...models.system import AtomicSystem
+from ...protocol import MDOptions, NEBOptions, OptimizerName, RelaxOptions
+from .outcome import MDCheckpoint
 
-__all__ = ["OptimizerName", "RelaxOptions", "RelaxSpec"]
+__all__ = ["MDOptions", "MDSpec", "NEBOptions", "NEBSpec", "OptimizerName", "RelaxOptions", "RelaxSpec"]
 
 
 @dataclass(frozen=True)
@@ -17,4 +20,35 @@ class RelaxSpec:
 
     options: RelaxOptions
     #: Indices of fixed atoms, or None.
+    fixed: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class MDSpec:
+    """One structure's MD run: the request's options, its seed, initial velocities and fixed atoms.
+
+    ``seed`` is resolved by the front end (the request's seed + the structure's index, or a drawn one), so a run
+    that resumes on another worker draws the same numbers.
+    """
+
+    options: MDOptions
+    seed: int
+    #: Initial velocities (n_atoms, 3), Å/fs; None: Maxwell–Boltzmann at ``options.temperature_K`` (or at rest).
+    velocities: np.ndarray | None = None
+    #: Indices of fixed atoms (ASE's FixAtoms: no force, no velocity), or None.
+    fixed: np.ndarray | None = None
+    #: The state to resume from (a worker that held the run crashed after saving it), or None: start afresh.
+    resume: MDCheckpoint | None = None
+
+
+@dataclass(frozen=True)
+class NEBSpec:
+    """One nudged-elastic-band path: its end points (``Task.system`` is the initial one), the images given
+    between them (none: interpolated on the worker with ``options.interpolation``) and the fixed atoms."""
+
+    options: NEBOptions
+    final: AtomicSystem
+    #: Images between the end points, when the request gives them (their count overrides ``options.images``).
+    intermediates: tuple[AtomicSystem, ...] = ()
+    #: Indices of fixed atoms (in every image), or None.
     fixed: np.ndarray | None = None

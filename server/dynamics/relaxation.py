@@ -28,9 +28,10 @@ from ...models.system import AtomicSystem
 from ...models.tensor_batch import NeighborSource, TensorBatch, TensorPrediction
 from ...protocol import StopReason
 from .cell_filter import cell_forces, deformation, max_row_norm
+from .groups import Ended
 from .optimizers import make_optimizer
 from .options import RelaxSpec
-from .outcome import Frame, RelaxOutcome
+from .outcome import Frame, Progress, RelaxOutcome
 
 #: A force beyond this (eV/Å) on any atom, or a non-finite one, flags a relaxation as exploded.
 EXPLODED_FORCE = 1e3
@@ -57,15 +58,6 @@ class _Member:
 
 
 @dataclass
-class Ended:
-    """A relaxation that left the set: its outcome and the prediction at its final geometry."""
-
-    key: str
-    outcome: RelaxOutcome
-    prediction: Prediction
-
-
-@dataclass
 class _Evaluated:
     """The last round's geometry and results, kept (without copies) so :meth:`RelaxationSet.end` can use them."""
 
@@ -84,6 +76,8 @@ class RelaxationSet:
     cell relaxes. ``neighbors``, when given, lists the neighbours of every batch this set builds (a device list
     reused across steps); members keep their keys, so a cache can follow them as others join and leave.
     """
+
+    watched = True
 
     def __init__(
         self, optimizer: str = "fire", device: torch.device | str = "cpu", neighbors: NeighborSource | None = None
@@ -136,6 +130,14 @@ class RelaxationSet:
     def keys(self) -> list[str]:
         """The keys of the structures being relaxed, in order (those added this round last)."""
         return [member.key for member in self.members + self._pending]
+
+    def owner(self, key: str) -> str:
+        """Evaluation keys are task ids."""
+        return key
+
+    def progress(self) -> list[Progress]:
+        """Relaxations report nothing before they end (their frames come with the outcome)."""
+        return []
 
     def properties(self) -> tuple[str, ...]:
         """What each round asks the model for: stress too when a member is periodic in all three directions."""

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from ..dynamics.outcome import Progress
 from .tasks import Task, TaskResult
 
 
@@ -22,6 +23,10 @@ class TaskSource(Protocol):
 
     def deliver(self, results: list[TaskResult]) -> None:
         """Return finished results to whoever submitted the tasks."""
+
+    def report(self, progress: list[Progress]) -> None:
+        """Pass on what running tasks report (MD frames) to their submitters, and keep their latest checkpoint:
+        a task handed out again (its worker died) carries it (``MDSpec.resume``) until the task is delivered."""
 
 
 #: Default atom budget of a batch per device type. On the CPU a batch much larger than a few structures runs
@@ -92,7 +97,7 @@ class AtomBudgetBatcher:
         while True:
             kept: deque[Task] = deque()
             for task in self._carry:
-                relax = task.relax is not None
+                relax = task.in_flight
                 limit = room if relax else self.max_atoms
                 alone = atoms[relax] == 0 and (not relax or room == self.max_atoms)
                 if full[relax] or len(batch) >= policy.max_structures:

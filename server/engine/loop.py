@@ -38,7 +38,8 @@ class RoundStats:
 
 
 class Worker:
-    """Evaluates batches of tasks from ``source`` with one :class:`Potential`; relaxes structures in flight.
+    """Evaluates batches of tasks from ``source`` with one :class:`Potential`; relaxes structures, runs MD and NEB
+    paths in flight.
 
     ``observe``, when given, is called with each round's :class:`RoundStats` (a worker's metrics).
     """
@@ -91,18 +92,20 @@ class Worker:
         started = time.perf_counter()
         outputs = self.executor.execute(work.evaluations)
         tensor_outputs = {
-            optimizer: self.executor.execute_tensors(batch, self.scheduler.relaxations[optimizer].properties())
-            for optimizer, batch in work.relaxations.items()
+            name: self.executor.execute_tensors(batch, self.scheduler.groups[name].properties())
+            for name, batch in work.groups.items()
         }
         seconds = time.perf_counter() - started
         finished = self.scheduler.update(work, outputs, tensor_outputs)
+        if self.scheduler.reports:
+            self.source.report(self.scheduler.reports)
         self._deliver(finished)
-        structures = len(work.evaluations) + sum(batch.n_systems for batch in work.relaxations.values())
+        structures = len(work.evaluations) + sum(batch.n_systems for batch in work.groups.values())
         self.batches_run += 1
         self.structures_run += structures
         if self.observe is not None:
             atoms = sum(evaluation.system.n_atoms for evaluation in work.evaluations)
-            atoms += sum(int(batch.positions.shape[0]) for batch in work.relaxations.values())
+            atoms += sum(int(batch.positions.shape[0]) for batch in work.groups.values())
             steps = sum(result.relaxation.steps for result in finished if result.relaxation is not None)
             self.observe(RoundStats(structures, atoms, seconds, len(finished), steps))
         return structures

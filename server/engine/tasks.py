@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from ...errors import ErrorCode
 from ...models.prediction import Prediction
 from ...models.system import AtomicSystem
-from ..dynamics.options import RelaxSpec
-from ..dynamics.outcome import RelaxOutcome
+from ..dynamics.options import MDSpec, NEBSpec, RelaxSpec
+from ..dynamics.outcome import MDOutcome, NEBOutcome, RelaxOutcome
 
 if TYPE_CHECKING:
     from ...models.active_sets import Selection
@@ -31,7 +31,8 @@ class SelectSpec:
 
 @dataclass
 class Task:
-    """One structure to evaluate (or, with ``relax``, to relax) with one model."""
+    """One structure to evaluate with one model; or, with ``relax``, to relax; with ``md``, to run MD from; with
+    ``neb``, the initial end point of a nudged-elastic-band path."""
 
     id: str
     model: str
@@ -40,12 +41,23 @@ class Task:
     relax: RelaxSpec | None = None
     #: A selection among candidate structures (``system`` is then the first of them), run as one piece of work.
     select: SelectSpec | None = None
+    md: MDSpec | None = None
+    neb: NEBSpec | None = None
 
     @property
     def n_atoms(self) -> int:
+        """Atoms evaluated per round: an NEB path's moving images count each."""
         if self.select is not None:
             return sum(candidate.n_atoms for candidate in self.select.candidates)
+        if self.neb is not None:
+            images = len(self.neb.intermediates) or self.neb.options.images
+            return self.system.n_atoms * images
         return self.system.n_atoms
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether the task is advanced step by step over many rounds (a relaxation, MD run or NEB path)."""
+        return self.relax is not None or self.md is not None or self.neb is not None
 
 
 @dataclass
@@ -64,6 +76,10 @@ class TaskResult:
     uncertainty_max: float | None = None
     #: For a selection: the candidates' grades, those above the threshold and the D-optimal subset.
     selection: Selection | None = None
+    #: For an MD run: how it ended; ``prediction`` is the one at the final geometry.
+    md: MDOutcome | None = None
+    #: For an NEB path: its images, energies and barrier; ``prediction`` is the one at the saddle image.
+    neb: NEBOutcome | None = None
 
     @property
     def ok(self) -> bool:

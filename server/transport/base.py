@@ -1,9 +1,10 @@
 """Brokers carry tasks from the HTTP front end to the workers and results back; directories say who serves what.
 
 :class:`Broker` is what the front end submits through. It owns the waiting: one future per task, resolved when
-the task's result comes back, and the request timeout, the same in every mode. :class:`~.embedded.EmbeddedBroker`
-keeps in-process queues served by worker threads; :class:`~.redis.broker.RedisBroker` sends tasks to worker
-processes through Redis Streams.
+the task's result comes back, and the request timeout, the same in every mode; and the frames that long-running
+tasks (MD) report while they run, handed to the request's ``on_progress`` handler.
+:class:`~.embedded.EmbeddedBroker` keeps in-process queues served by worker threads;
+:class:`~.redis.broker.RedisBroker` sends tasks to worker processes through Redis Streams.
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ...errors import ErrorCode
+from ..dynamics.outcome import Progress
 from ..engine.tasks import Task, TaskResult
+
+log = logging.getLogger(__name__)
+
+#: Called on the event loop with each frame a task of the request reports (a :class:`Progress` with a frame).
+ProgressHandler = Callable[[Progress], object]
 
 
 class BrokerError(Exception):
@@ -43,17 +51,25 @@ class Broker(abc.ABC):
     def __init__(self, timeout: float = 3600.0):
         self.timeout = timeout
         self._waiting: dict[str, asyncio.Future[TaskResult]] = {}
+        #: The waiting requests' progress handlers, and the last step each task's handler was given.
+        self._handlers: dict[str, ProgressHandler] = {}
+        self._last_step: dict[str, int] = {}
 
-    async def submit(self, tasks: Sequence[Task]) -> list[TaskResult]:
+    async def submit(self, tasks: Sequence[Task], on_progress: ProgressHandler | None = None) -> list[TaskResult]:
         """Queue ``tasks`` and return their results in the same order once all are done.
 
-        Cancelling the caller (or the timeout) stops the waiting; a result that comes later is dropped.
+        ``on_progress`` is called on the event loop with each frame the tasks report (MD), in the order they come,
+        before the task's result; each step once and in increasing order (a run resumed from a checkpoint repeats
+        the frames after it: they are dropped). Cancelling the caller (or the timeout) stops the waiting; a result
+        or frame that comes later is dropped.
         """
         if not tasks:
             return []
         loop = asyncio.get_running_loop()
         futures = {task.id: loop.create_future() for task in tasks}
         self._waiting.update(futures)
+        if on_progress is not None:
+            self._handlers.update(dict.fromkeys(futures, on_progress))
         try:
             await self._enqueue(tasks)
             try:
@@ -63,6 +79,8 @@ class Broker(abc.ABC):
         finally:
             for task_id, future in futures.items():
                 self._waiting.pop(task_id, None)
+                self._handlers.pop(task_id, None)
+                self._last_step.pop(task_id, None)
                 if future.done() and not future.cancelled():
                     future.exception()  # retrieved: gather reports only the first failure
                 else:
@@ -77,6 +95,19 @@ class Broker(abc.ABC):
         future = self._waiting.get(result.task_id)
         if future is not None and not future.done():
             future.set_result(result)
+
+    def _report(self, progress: Progress) -> None:
+        """Hand a frame to its request's handler (on the event loop); a checkpoint without a frame, a frame of a
+        task nobody waits for, and a step already handed over (a resumed run's repeat) are dropped."""
+        handler = self._handlers.get(progress.task_id)
+        frame = progress.frame
+        if handler is None or frame is None or frame.step <= self._last_step.get(progress.task_id, -1):
+            return
+        self._last_step[progress.task_id] = frame.step
+        try:
+            handler(progress)
+        except Exception:  # the request's own bug: it must not stop the broker's reader
+            log.exception("progress handler of task %s failed", progress.task_id)
 
     def _fail_waiting(self, error: BrokerError) -> None:
         for future in self._waiting.values():

@@ -1,12 +1,15 @@
 """Embedded mode: in-process queues, and worker threads in this process that load and serve the models.
 
-Results reach the waiting request through asyncio futures, without polling. A task whose request went away
-(timed out, cancelled, client gone) before a worker took it is dropped from the queue instead of evaluated.
+Results reach the waiting request through asyncio futures, without polling, and frames (MD progress) its
+handler through the event loop. A task whose request went away (timed out, cancelled, client gone) before a worker
+took it is dropped from the queue instead of evaluated. The source keeps the tasks a worker holds and their latest
+checkpoint, so that a task handed back unfinished resumes where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import socket
@@ -18,6 +21,7 @@ from ...errors import ErrorCode
 from ...models.potential import Potential
 from ...models.registry import ModelRegistry
 from ..config import DeviceOptions
+from ..dynamics.outcome import MDCheckpoint, Progress
 from ..engine.batching import BatchPolicy
 from ..engine.budget import DEFAULT_FRACTION, BatchBudget, budgeted_policy
 from ..engine.device_options import load_with_options
@@ -36,6 +40,10 @@ class EmbeddedTaskSource:
         self.broker = broker
         self.model = model
         self.queue: queue.Queue[Task] = queue.Queue()
+        #: Tasks handed to the worker and not yet delivered, by id, and the latest checkpoint of each (MD).
+        self.held: dict[str, Task] = {}
+        self.checkpoints: dict[str, MDCheckpoint] = {}
+        self._lock = threading.Lock()
 
     def fetch(self, max_tasks: int, timeout: float) -> list[Task]:
         try:
@@ -48,10 +56,38 @@ class EmbeddedTaskSource:
             except queue.Empty:
                 break
         self.broker._dequeued(len(tasks))
-        return [task for task in tasks if self.broker.waiting_for(task.id)]
+        taken = []
+        with self._lock:
+            for task in tasks:
+                if not self.broker.waiting_for(task.id):
+                    self.checkpoints.pop(task.id, None)
+                    continue
+                self.held[task.id] = task
+                taken.append(_resumed(task, self.checkpoints.get(task.id)))
+        return taken
 
     def deliver(self, results: list[TaskResult]) -> None:
+        with self._lock:
+            for result in results:
+                self.held.pop(result.task_id, None)
+                self.checkpoints.pop(result.task_id, None)
         self.broker._deliver(results)
+
+    def report(self, progress: list[Progress]) -> None:
+        """Keep each held task's latest checkpoint; pass the frames to the waiting requests (thread-safe)."""
+        with self._lock:
+            for item in progress:
+                if item.checkpoint is not None and item.task_id in self.held:
+                    self.checkpoints[item.task_id] = item.checkpoint
+        self.broker._progress([item for item in progress if item.frame is not None])
+
+    def hand_back(self, task_ids: list[str]) -> None:
+        """Queue held tasks again (a worker released them unfinished); they resume from their latest checkpoint."""
+        with self._lock:
+            tasks = [self.held.pop(task_id) for task_id in task_ids if task_id in self.held]
+        self.broker._requeued(len(tasks))
+        for task in tasks:
+            self.queue.put(task)
 
 
 class EmbeddedBroker(Broker):
@@ -86,11 +122,30 @@ class EmbeddedBroker(Broker):
         with self._lock:
             self._queued -= count
 
+    def _requeued(self, count: int) -> None:
+        """Tasks handed back count against the queue limit again (never refused: they were accepted before)."""
+        with self._lock:
+            self._queued += count
+
     def _deliver(self, results: list[TaskResult]) -> None:
         """Called from worker threads: resolve the waiting requests on the event loop."""
         if self._loop is not None:
             for result in results:
                 self._loop.call_soon_threadsafe(self._resolve, result)
+
+    def _progress(self, progress: list[Progress]) -> None:
+        """Called from worker threads: hand frames to the waiting requests' handlers on the event loop, in order
+        (before any result delivered after them)."""
+        if self._loop is not None:
+            for item in progress:
+                self._loop.call_soon_threadsafe(self._report, item)
+
+
+def _resumed(task: Task, checkpoint: MDCheckpoint | None) -> Task:
+    """``task``, resuming from ``checkpoint`` when it is an MD run that saved one."""
+    if checkpoint is None or task.md is None:
+        return task
+    return dataclasses.replace(task, md=dataclasses.replace(task.md, resume=checkpoint))
 
 
 @dataclass

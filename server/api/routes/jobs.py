@@ -13,14 +13,16 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from ....errors import ErrorCode
-from ...dynamics.options import RelaxOptions
+from ....models.cards import ModelCard
+from ...dynamics.options import MDOptions, RelaxOptions
 from ..auth import RequestKey
 from ..context import AppState
 from ..errors import RequestError
-from ..ingest import check_fixed_count, check_structure_count
+from ..ingest import check_fixed_count, check_md_options, check_structure_count
 from ..jobs import Job, JobManager, read_extxyz_frames
-from ..schemas import ERROR_RESPONSES, ErrorResponse, JobRequest, ModelInfo, RelaxSettings
+from ..schemas import ERROR_RESPONSES, ErrorResponse, JobRequest, MDSettings, ModelInfo, RelaxSettings
 from ..structures import extxyz_first_frame_problem
+from .md import check_dynamics
 
 JOB_REQUEST_BODY = {
     "required": True,
@@ -35,6 +37,10 @@ JOB_REQUEST_BODY = {
                     "model": {"type": "string", "description": "model name; default: the server's first model"},
                     "properties": {"type": "string", "description": "comma-separated, e.g. energy,forces"},
                     "relax": {"type": "string", "description": 'relax the frames: JSON options, e.g. {"fmax": 0.05}'},
+                    "md": {
+                        "type": "string",
+                        "description": 'run MD from the frames: JSON options, e.g. {"steps": 100}',
+                    },
                 },
             }
         },
@@ -54,7 +60,7 @@ class JobCreated(BaseModel):
 
 
 class JobStatus(JobCreated):
-    kind: Literal["predict", "relax"]
+    kind: Literal["predict", "relax", "md"]
     done: int = Field(description="Structures with a result entry (errors included).")
     errors: int = Field(description="Structures whose entry is an error.")
     created: str = Field(description="ISO 8601, UTC.")
@@ -78,21 +84,22 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
         """Start a job on a large set of structures; answers 202 at once, before any structure is decoded.
 
         The body is /v1/predict's JSON (with a `relax` block of /v1/relax's options, and optionally `fixed`, the
-        job relaxes the structures), or a multipart upload: an extxyz file in field `file` (any number of
-        frames) and optional fields `model` and `properties` (comma-separated), or `relax` (its JSON options).
+        job relaxes the structures; with an `md` block of /v1/md's options, it runs MD from each, its result lines
+        the /v1/md entries with their trajectories), or a multipart upload: an extxyz file in field `file` (any
+        number of frames) and optional fields `model` and `properties` (comma-separated), or `relax` or `md` (its
+        JSON options).
         """
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            model, properties, relax, text = await _read_upload(request)
+            model, properties, relax, text, md = await _read_upload(request)
             card, status = await state.serving_card(model)
-            if relax is not None:
-                await state.check_relaxable(card)
+            await _check_dynamics(state, card, relax, md)
             limit = state.settings.max_structures_per_job
 
             async def load() -> Sequence[Any]:
                 return await anyio.to_thread.run_sync(read_extxyz_frames, text, limit)
 
-            job = await jobs.create(card, status, properties, load, relax=relax, key=key)
+            job = await jobs.create(card, status, properties, load, relax=relax, key=key, md=md)
         else:
             body = await _read_json(request)
             card, status = await state.serving_card(body.model)
@@ -105,10 +112,10 @@ def create_router(state: AppState, jobs: JobManager) -> APIRouter:
 
             properties = tuple(dict.fromkeys(body.properties))
             relax = body.relax.options() if body.relax is not None else None
-            if relax is not None:
-                await state.check_relaxable(card)
+            md = body.md.options() if body.md is not None else None
+            await _check_dynamics(state, card, relax, md)
             job = await jobs.create(
-                card, status, properties, load, total=len(structures), relax=relax, fixed=body.fixed, key=key
+                card, status, properties, load, total=len(structures), relax=relax, fixed=body.fixed, key=key, md=md
             )
             job.uncertainty_per_atom = body.uncertainty == "per_atom"
         created = {key: job.status()[key] for key in ("id", "state", "model", "total")}
@@ -158,13 +165,28 @@ async def _read_json(request: Request) -> JobRequest:
         raise RequestValidationError(error.errors()) from None
 
 
-async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], RelaxOptions | None, str]:
-    """The model, properties, relaxation options and file text of a multipart upload; 422 when unreadable."""
+async def _check_dynamics(state: AppState, card: ModelCard, relax: RelaxOptions | None, md: MDOptions | None) -> None:
+    """A job relaxes or runs MD, not both; either needs a model that can relax here; MD options must be runnable."""
+    if relax is not None and md is not None:
+        raise RequestError(422, ErrorCode.INVALID_REQUEST, "a job takes a 'relax' block or an 'md' block, not both")
+    if relax is not None:
+        await state.check_relaxable(card)
+    if md is not None:
+        await check_dynamics(state, card, "MD")
+        check_md_options(md)
+
+
+async def _read_upload(
+    request: Request,
+) -> tuple[str | None, tuple[str, ...], RelaxOptions | None, str, MDOptions | None]:
+    """The model, properties, relaxation options, file text and MD options of a multipart upload; 422 when
+    unreadable."""
     async with request.form() as form:
         upload = form.get("file")
         model = form.get("model")
         properties = form.get("properties")
         relax_field = form.get("relax")
+        md_field = form.get("md")
         if not isinstance(upload, UploadFile):
             raise RequestError(
                 422, ErrorCode.INVALID_REQUEST, "the upload needs the extxyz file in a file field named 'file'"
@@ -176,6 +198,7 @@ async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], R
     try:
         parsed = JobRequest.model_validate(fields)
         relax = None if relax_field is None else RelaxSettings.model_validate_json(str(relax_field)).options()
+        md = None if md_field is None else MDSettings.model_validate_json(str(md_field)).options()
     except ValidationError as error:
         raise RequestValidationError(error.errors()) from None
     try:
@@ -189,7 +212,7 @@ async def _read_upload(request: Request) -> tuple[str | None, tuple[str, ...], R
     problem = await anyio.to_thread.run_sync(extxyz_first_frame_problem, text)
     if problem:
         raise RequestError(422, ErrorCode.UNPARSABLE_TEXT, f"could not read the uploaded file as extxyz: {problem}")
-    return parsed.model, tuple(dict.fromkeys(parsed.properties)), relax, text
+    return parsed.model, tuple(dict.fromkeys(parsed.properties)), relax, text, md
 
 
 def _check_job_size(state: AppState, n_structures: int) -> None:

@@ -24,7 +24,7 @@ from ....errors import ErrorCode
 from ...engine.tasks import Task
 from ..base import Broker, ModelState, ModelStatus, Unavailable
 from . import layout
-from .codec import decode_result, encode_task
+from .codec import decode_progress, decode_result, encode_task
 from .fleet import QueueDepth, read_queues, read_workers, task_models
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,8 @@ class RedisBroker(Broker):
         self._groups.add(stream)
 
     async def _read_results(self) -> None:
-        """Resolve waiting requests from this server's result stream; on connection loss, fail them (503)."""
+        """Resolve waiting requests from this server's result stream, and hand its progress messages (field ``p``,
+        MD frames) to their handlers; on connection loss, fail the waiting requests (503)."""
         last_id = "0-0"
         backoff = READ_RETRY_FIRST_DELAY
         while not self._closing:
@@ -124,7 +125,10 @@ class RedisBroker(Broker):
                 for entry_id, fields in entries:
                     last_id = entry_id
                     done.append(entry_id)
-                    self._resolve(decode_result(fields[b"m"]))  # a reclaimed task may answer twice: dropped
+                    if b"p" in fields:
+                        self._report(decode_progress(fields[b"p"]))
+                    else:
+                        self._resolve(decode_result(fields[b"m"]))  # a reclaimed task may answer twice: dropped
             if done:
                 with contextlib.suppress(UNAVAILABLE):
                     await self.redis.xdel(self.replies, *done)

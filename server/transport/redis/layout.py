@@ -2,8 +2,11 @@
 
 - ``mlipserve:tasks:<model>``: stream of tasks (field ``m``: a msgpack task); consumer group ``workers``.
 - ``mlipserve:dead:<model>``: dead-letter stream of tasks that failed too often (a worker died on them each time).
-- ``mlipserve:replies:<server>``: stream of results for one server process (field ``m``: a msgpack result),
-  expiring ``result_ttl`` seconds after its last write.
+- ``mlipserve:replies:<server>``: stream of results for one server process (field ``m``: a msgpack result; field
+  ``p`` instead: a msgpack progress message, an MD frame), expiring ``result_ttl`` seconds after its last write.
+- ``mlipserve:checkpoint:<task>``: the latest checkpoint of a running MD task (msgpack), for a worker that takes the
+  task over; deleted when the task's result is delivered, else expiring :data:`CHECKPOINT_TTL` seconds after its
+  last write.
 - ``mlipserve:workers:<model>:<worker>``: a worker's heartbeat (JSON), expiring unless refreshed.
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 GROUP = "workers"
 PREFIX = "mlipserve"
+#: Seconds a checkpoint is kept after its last write (a day): longer than any task waits to be taken over.
+CHECKPOINT_TTL = 86_400
 
 
 def task_stream(model: str) -> str:
@@ -23,6 +28,10 @@ def dead_letter_stream(model: str) -> str:
 
 def reply_stream(server_id: str) -> str:
     return f"{PREFIX}:replies:{server_id}"
+
+
+def checkpoint_key(task_id: str) -> str:
+    return f"{PREFIX}:checkpoint:{task_id}"
 
 
 def heartbeat_key(model: str, worker_id: str) -> str:

@@ -4,10 +4,15 @@ Tasks held by a worker that dies are reclaimed by the others (XAUTOCLAIM) once i
 task delivered more than ``max_deliveries`` times goes to the dead-letter stream and its request gets an error
 result. When Redis cannot be reached, the source keeps what it took: a fetch returns nothing (the error is raised
 by the worker loop after the round), and results that cannot be delivered are kept for :meth:`flush`.
+
+A running MD task reports frames, which go to its reply stream as progress messages, and checkpoints, of which the
+latest is kept in a key of the task's own (``layout.checkpoint_key``): a worker that takes the task over (reclaimed
+from a dead worker, or handed back by a draining one) resumes from it; delivering the result deletes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,9 +21,10 @@ import redis
 
 from ....errors import ErrorCode
 from ...config import RedisWorkerSettings
+from ...dynamics.outcome import Progress
 from ...engine.tasks import Task, TaskResult
 from . import layout
-from .codec import decode_task, encode_result
+from .codec import decode_checkpoint, decode_task, encode_checkpoint, encode_progress, encode_result
 from .monitor import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,8 @@ class RedisTaskSource:
         self.held: dict[str, tuple[bytes, str, bytes]] = {}
         #: Results finished but not yet written to Redis (it was unreachable); their tasks stay held.
         self.undelivered: list[TaskResult] = []
+        #: Progress reported but not yet written to Redis (it was unreachable); written before any result.
+        self.unreported: list[Progress] = []
         #: Why the last fetch could not reach Redis, until the worker loop takes it (:meth:`raise_if_unreachable`).
         self.unreachable: Exception | None = None
         #: Set by a drain: fetch nothing more.
@@ -71,7 +79,7 @@ class RedisTaskSource:
             tasks = self._reclaim(max_tasks)
             if not tasks:
                 tasks = self._read_new(max_tasks, timeout)
-            return [task for task in tasks if task is not None]
+            return self._resumed([task for task in tasks if task is not None])
         except UNREACHABLE as error:
             self.unreachable = error
             return []
@@ -127,6 +135,32 @@ class RedisTaskSource:
                 tasks.append(self._accept(entry_id, fields))
         return tasks
 
+    def _resumed(self, tasks: list[Task]) -> list[Task]:
+        """``tasks``, each MD run that a worker saved a checkpoint of carrying it (``MDSpec.resume``).
+
+        The tasks are held here already: if Redis went away meanwhile they are run from their start (with the same
+        seed, the same run, only longer) rather than lost.
+        """
+        runs = [i for i, task in enumerate(tasks) if task.md is not None]
+        if not runs:
+            return tasks
+        pipe = self.redis.pipeline(transaction=False)
+        for i in runs:
+            pipe.get(layout.checkpoint_key(tasks[i].id))
+        try:
+            saved_checkpoints = pipe.execute()
+        except UNREACHABLE as error:
+            log.warning("could not read the checkpoints of %d MD task(s) (%s); they start afresh", len(runs), error)
+            self.unreachable = error
+            return tasks
+        for i, saved in zip(runs, saved_checkpoints, strict=True):
+            if saved is not None:
+                task = tasks[i]
+                assert task.md is not None
+                log.info("task %s resumes from its checkpoint", task.id)
+                tasks[i] = dataclasses.replace(task, md=dataclasses.replace(task.md, resume=decode_checkpoint(saved)))
+        return tasks
+
     def defer_reclaim(self) -> None:
         """Take over no other worker's tasks for ``claim_idle`` seconds from now."""
         self._next_claim = time.monotonic() + self.settings.claim_idle
@@ -167,6 +201,7 @@ class RedisTaskSource:
         pipe = self.redis.pipeline()
         pipe.xadd(layout.dead_letter_stream(self.settings.model), {"m": fields[b"m"], "reason": reason})
         self._queue_reply(pipe, reply_to, result)
+        pipe.delete(layout.checkpoint_key(task.id))
         pipe.xack(self.stream, layout.GROUP, entry_id)
         pipe.xdel(self.stream, entry_id)
         pipe.execute()
@@ -182,24 +217,58 @@ class RedisTaskSource:
             self.undelivered.extend(results)
         self.flush()
 
-    def flush(self) -> None:
-        """Deliver the results kept while Redis was unreachable (and any just finished)."""
+    def report(self, progress: list[Progress]) -> None:
+        """Write frames to their tasks' reply streams and keep each task's latest checkpoint, in one transaction.
+
+        Never raises for an unreachable Redis (the round's results must still reach :meth:`deliver`): the progress
+        is kept for :meth:`flush`, and the worker loop raises the error after the round.
+        """
         with self._lock:
+            self.unreported.extend(progress)
+        try:
+            self.flush()
+        except UNREACHABLE as error:
+            self.unreachable = error
+
+    def flush(self) -> None:
+        """Write the progress and deliver the results kept while Redis was unreachable (and any just finished)."""
+        with self._lock:
+            progress = list(self.unreported)
             results = list(self.undelivered)
             entries = [self.held[result.task_id] for result in results]
-        if not results:
+            replies = {item.task_id: held[1] for item in progress if (held := self.held.get(item.task_id))}
+        if not results and not progress:
             return
         pipe = self.redis.pipeline()
+        self._queue_progress(pipe, progress, replies)
         for result, (_, reply_to, _) in zip(results, entries, strict=True):
             self._queue_reply(pipe, reply_to, result)
-        entry_ids = [entry_id for entry_id, _, _ in entries]
-        pipe.xack(self.stream, layout.GROUP, *entry_ids)
-        pipe.xdel(self.stream, *entry_ids)
+            pipe.delete(layout.checkpoint_key(result.task_id))
+        if entries:
+            entry_ids = [entry_id for entry_id, _, _ in entries]
+            pipe.xack(self.stream, layout.GROUP, *entry_ids)
+            pipe.xdel(self.stream, *entry_ids)
         pipe.execute()
         with self._lock:
+            del self.unreported[: len(progress)]
             del self.undelivered[: len(results)]
             for result in results:
                 del self.held[result.task_id]
+
+    def _queue_progress(self, pipe: redis.client.Pipeline, progress: list[Progress], replies: dict[str, str]) -> None:
+        """Frames to the reply streams in order; of each task's checkpoints only the last is written. Progress of
+        a task no longer held here (handed back) is dropped: its next worker reports it."""
+        checkpoints = {item.task_id: item.checkpoint for item in progress if item.checkpoint is not None}
+        streams = set()
+        for item in progress:
+            if item.frame is not None and (reply_to := replies.get(item.task_id)) is not None:
+                pipe.xadd(reply_to, {"p": encode_progress(Progress(item.task_id, frame=item.frame))})
+                streams.add(reply_to)
+        for reply_to in streams:
+            pipe.expire(reply_to, int(self.settings.result_ttl))
+        for task_id, checkpoint in checkpoints.items():
+            if task_id in replies:
+                pipe.set(layout.checkpoint_key(task_id), encode_checkpoint(checkpoint), ex=layout.CHECKPOINT_TTL)
 
     def _queue_reply(self, pipe: redis.client.Pipeline, reply_to: str, result: TaskResult) -> None:
         pipe.xadd(reply_to, {"m": encode_result(result)})
