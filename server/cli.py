@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-distance", type=float, default=limits.min_distance, help="reject atoms closer than this (Å)"
     )
     serve.add_argument(
+        "--max-atom-steps",
+        type=int,
+        default=limits.max_atom_steps,
+        help="most atoms × steps (× images) of one MD run or NEB path (default %(default)s)",
+    )
+    serve.add_argument(
         "--queue-limit",
         type=int,
         default=defaults.queue_limit,
@@ -228,7 +234,11 @@ def serve_command(args: argparse.Namespace) -> None:
         models=tuple(args.models or default_models),
         model_dir=args.model_dir,
         device=args.device,
-        limits=StructureLimits(max_atoms=args.max_atoms_per_structure, min_distance=args.min_distance),
+        limits=StructureLimits(
+            max_atoms=args.max_atoms_per_structure,
+            min_distance=args.min_distance,
+            max_atom_steps=args.max_atom_steps,
+        ),
         max_structures_per_request=args.max_structures_per_request,
         max_atoms_per_request=args.max_atoms_per_request,
         batch=BatchPolicy(max_atoms=args.batch_atoms, max_wait=args.max_wait_ms / 1000),

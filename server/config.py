@@ -18,6 +18,8 @@ class StructureLimits:
     min_distance: float = 0.5
     #: A periodic cell with a smaller volume (Å³) is rejected as singular.
     min_volume: float = 1e-3
+    #: The most model work one MD run or NEB path may ask for: atoms × steps (× moving images for an NEB path).
+    max_atom_steps: int = 10**10
 
 
 @dataclass(frozen=True)

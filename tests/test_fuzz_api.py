@@ -47,7 +47,8 @@ def fuzz_server(model_dir: Path) -> Iterator[str]:
         model_dir=model_dir,
         device="cpu",
         torch_threads=1,
-        limits=StructureLimits(max_atoms=32),
+        # MD runs and NEB paths of at most 2000 atom-steps: a random valid one costs seconds, not hours
+        limits=StructureLimits(max_atoms=32, max_atom_steps=2000),
         max_atoms_per_request=128,
         max_structures_per_request=16,
         max_structures_per_job=16,

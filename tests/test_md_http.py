@@ -17,6 +17,7 @@ from ase.build import bulk
 from ase.calculators.lj import LennardJones
 from ase.io import read, write
 from ase.md.verlet import VelocityVerlet
+from mlipserve.server.config import StructureLimits
 
 from .conftest import REPO, ready_server
 
@@ -24,6 +25,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_pair import install
 
 MODEL = "lj-argon"
+#: The server's --max-atom-steps: well above what the other tests ask for (a few hundred atom-steps).
+ATOM_STEPS = 4000
 #: ASE's LennardJones with the card's parameters (cut-off 3σ, ASE's default, as the pair family's).
 EPSILON, SIGMA = 0.0104, 3.40
 
@@ -32,7 +35,8 @@ EPSILON, SIGMA = 0.0104, 3.40
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("models")
     install(folder, MODEL)
-    with ready_server(models=(MODEL,), model_dir=folder, device="cpu", torch_threads=1) as running:
+    limits = StructureLimits(max_atom_steps=ATOM_STEPS)
+    with ready_server(models=(MODEL,), model_dir=folder, device="cpu", torch_threads=1, limits=limits) as running:
         yield running
 
 
@@ -307,3 +311,15 @@ def test_uploaded_frames_run_md(url: str) -> None:
     assert [[frame["step"] for frame in line["trajectory"]] for line in lines] == [[0, 3], [0, 3]]
     refused = httpx.post(f"{url}/v1/jobs", files=files, data={"md": json.dumps({"integrator": "langevin"})})
     assert "temperature_K" in refusal(refused)
+
+
+def test_runs_beyond_the_work_limit_get_their_own_error(url: str) -> None:
+    """atoms × steps above the server's --max-atom-steps: that structure's entry says so; the others run."""
+    small, big = argon(), argon((2, 2, 2))  # 4 and 32 atoms
+    steps = ATOM_STEPS // 8  # 4 × steps fits, 32 × steps does not
+    response = post(url, {"model": MODEL, "structures": [as_dict(small), as_dict(big)], "steps": steps})
+    assert response.status_code == 200
+    ok, refused = response.json()["results"]
+    assert ok["steps"] == steps
+    message = refused["error"]["message"]
+    assert message.startswith("structure 1:") and f"{32 * steps:,} atom-steps" in message and "limit" in message

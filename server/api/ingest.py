@@ -217,6 +217,7 @@ def prepare_md_tasks(
         index = start + offset
         system = item.system
         try:
+            check_atom_steps(index, "structure", system.n_atoms * options.steps, limits)
             if options.integrator == "npt_crescale" and not system.pbc.all():
                 problem = f"npt_crescale needs a structure periodic in 3 directions; its pbc is {system.pbc.tolist()}"
                 raise StructureError(index, ErrorCode.INVALID_REQUEST, problem)
@@ -231,6 +232,17 @@ def prepare_md_tasks(
         spec = MDSpec(options, seed + index, velocities=initial, fixed=atoms_fixed)
         prepared[offset] = dataclasses.replace(item, md=spec)
     return prepared
+
+
+def check_atom_steps(index: int, what: str, atom_steps: int, limits: StructureLimits) -> None:
+    """Refuse an MD run or NEB path (``what`` ``index``) asking for more model work than the server allows."""
+    if atom_steps > limits.max_atom_steps:
+        problem = (
+            f"{atom_steps:,} atom-steps (atoms × steps{' × images' if what == 'path' else ''}) are more than this "
+            f"server's limit of {limits.max_atom_steps:,} per {'path' if what == 'path' else 'MD run'}; "
+            "ask for fewer steps"
+        )
+        raise StructureError(index, ErrorCode.INVALID_REQUEST, problem)
 
 
 class PathError(StructureError):
@@ -259,6 +271,8 @@ def prepare_neb_tasks(
                 if problem := path_mismatch(initial, system):
                     raise RequestError(422, ErrorCode.INVALID_REQUEST, f"path {index}: {name} {problem}")
             fixed = fixed_atoms(index, initial, path.fixed)
+            moving = len(path.intermediates or ()) or options.images
+            check_atom_steps(index, "path", initial.n_atoms * moving * options.max_steps, limits)
         except StructureError as error:
             prepared.append(error if isinstance(error, PathError) else PathError(index, error.code, _problem(error)))
             continue
