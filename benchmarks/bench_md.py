@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from ase import Atoms, units
 from ase.build import bulk
-from ase.calculators.calculator import Calculator, all_changes
 from ase.md.verlet import VelocityVerlet
 from mlipserve.models.backends.mtp import load_potential
 from mlipserve.models.backends.mtp_format import read_mtp
+from mlipserve.models.calculator import PotentialCalculator
 from mlipserve.models.cards import ModelCard
 from mlipserve.models.potential import Potential
 from mlipserve.models.system import AtomicSystem
@@ -38,21 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 MO = REPO.parent / "shared" / "fixtures" / "mtp" / "mlearn_Mo_test" / "fitted.mtp"
 #: Supercells of the 2-atom cubic bcc cell with 8 to 32 atoms.
 REPEATS = [(2, 2, 1), (3, 2, 1), (2, 2, 2), (3, 3, 1), (3, 2, 2), (2, 2, 3), (3, 3, 2), (2, 2, 4)]
-
-
-class PotentialCalculator(Calculator):
-    """A Potential as an ASE calculator (the ASE loop's model)."""
-
-    implemented_properties = ("energy", "forces", "stress")
-
-    def __init__(self, potential: Potential):
-        super().__init__()
-        self.potential = potential
-
-    def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
-        super().calculate(atoms, properties, system_changes)
-        (prediction,) = self.potential.predict([system_of(self.atoms)], ("energy", "forces"))
-        self.results = {"energy": prediction.energy, "forces": prediction.forces}
 
 
 def system_of(atoms: Atoms) -> AtomicSystem:

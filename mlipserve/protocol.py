@@ -78,12 +78,7 @@ class RelaxOptions:
     @classmethod
     def of(cls, options: RelaxOptions | Mapping[str, Any]) -> RelaxOptions:
         """Options given as a RelaxOptions or as a dict of some of its fields (e.g. ``{"fmax": 0.02}``)."""
-        if isinstance(options, RelaxOptions):
-            return options
-        names = [field.name for field in dataclasses.fields(cls)]
-        if unknown := sorted(set(options) - set(names)):
-            raise TypeError(f"unknown relaxation option(s) {unknown}; the options are {names}")
-        return cls(**options)
+        return _options_of(cls, options, "relaxation")
 
     def request(self) -> dict[str, Any]:
         """The options as request JSON."""
@@ -197,6 +192,7 @@ class NEBOptions:
 
 
 def _options_of(cls: Any, options: Any, what: str) -> Any:
+    """``options`` as an instance of the options dataclass ``cls``; a dict's unknown names raise TypeError."""
     if isinstance(options, cls):
         return options
     names = [field.name for field in dataclasses.fields(cls)]

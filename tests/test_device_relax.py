@@ -13,10 +13,11 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
+from mlipserve.models.calculator import PotentialCalculator
 from mlipserve.models.cards import ModelCard
 from mlipserve.models.potential import ALL_PROPERTIES, Potential
 from mlipserve.models.prediction import Uncertainty
@@ -55,23 +56,6 @@ class EMTPotential(Potential):
 
     def predict_batch(self, systems: Sequence[AtomicSystem], properties: Sequence[str] = ALL_PROPERTIES):
         return [emt(system) for system in systems]
-
-
-class PotentialCalculator(Calculator):
-    """An ASE calculator that evaluates one structure with a Potential's host path (the reference loop)."""
-
-    implemented_properties = ("energy", "forces", "stress")
-
-    def __init__(self, model: Potential):
-        super().__init__()
-        self.model = model
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        [prediction] = self.model.predict([AtomicSystem.from_ase(self.atoms)])
-        self.results = {"energy": prediction.energy, "forces": prediction.forces}
-        if prediction.stress is not None:
-            self.results["stress"] = prediction.stress.reshape(9)[[0, 4, 8, 5, 2, 1]]
 
 
 def ase_path(atoms: Atoms, calculator: Calculator, options: RelaxOptions) -> tuple[list[float], list[np.ndarray], int]:

@@ -19,12 +19,12 @@ import pytest
 import torch
 from ase import Atoms, units
 from ase.build import bulk
-from ase.calculators.calculator import Calculator, all_changes
 from ase.constraints import FixAtoms
 from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
+from mlipserve.models.calculator import PotentialCalculator
 from mlipserve.models.potential import Potential
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.dynamics.groups import Ended
@@ -56,21 +56,6 @@ def mo() -> Potential:
 @pytest.fixture(scope="module")
 def argon(tmp_path_factory: pytest.TempPathFactory) -> Potential:
     return install(tmp_path_factory.mktemp("argon"), "lj-argon", ARGON | {"rc": 7.0})
-
-
-class PotentialCalculator(Calculator):
-    """The same Potential as an ASE calculator: the reference runs use ASE's integrators on it."""
-
-    implemented_properties = ("energy", "forces", "stress")
-
-    def __init__(self, model: Potential):
-        super().__init__()
-        self.model = model
-
-    def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
-        super().calculate(atoms, properties, system_changes)
-        (prediction,) = self.model.predict([system_of(self.atoms)])
-        self.results = {"energy": prediction.energy, "forces": prediction.forces, "stress": prediction.stress}
 
 
 def system_of(atoms: Atoms) -> AtomicSystem:

@@ -16,12 +16,13 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator
 from ase.constraints import FixAtoms
 from ase.mep import NEB
 from ase.optimize import FIRE
 from mlipserve.models.backends.mtp import MTPPotential, load_potential
 from mlipserve.models.backends.mtp_format import read_mtp
+from mlipserve.models.calculator import PotentialCalculator
 from mlipserve.models.cards import ModelCard
 from mlipserve.models.neighbors import SkinNeighborList
 from mlipserve.models.prediction import Prediction
@@ -61,21 +62,6 @@ def mo() -> MTPPotential:
         root=MO.parent,
     )
     return load_potential(card, MO, torch.device("cpu"))
-
-
-class PotentialCalculator(Calculator):
-    """An ASE calculator that evaluates one structure with a Potential's host path."""
-
-    implemented_properties = ("energy", "forces")
-
-    def __init__(self, model: MTPPotential):
-        super().__init__()
-        self.model = model
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        [prediction] = self.model.predict([AtomicSystem.from_ase(self.atoms)], ("energy", "forces"))
-        self.results = {"energy": prediction.energy, "forces": prediction.forces}
 
 
 def vacancy_hop(
