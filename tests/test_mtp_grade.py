@@ -52,13 +52,14 @@ def split(frames: list[Atoms]) -> tuple[list[Atoms], list[Atoms]]:
 
 
 def far_structures(held_out: list[Atoms]) -> list[Atoms]:
-    """Strongly strained copies of held-out frames, and another phase (bcc Cu)."""
+    """Strongly strained copies of held-out frames, and another phase: compressed bcc Cu (nearest neighbours 2.34 Å;
+    at a = 2.87 Å, bcc Cu's neighbourhoods come within the active set of this training set, grade 0.97)."""
     strained = []
     for atoms in held_out[2:4]:
         copy = atoms.copy()
         copy.set_cell(atoms.cell * 1.3, scale_atoms=True)
         strained.append(copy)
-    return [*strained, bulk("Cu", "bcc", a=2.87, cubic=True).repeat(3)]
+    return [*strained, bulk("Cu", "bcc", a=2.7, cubic=True).repeat(3)]
 
 
 def model_dir_with(tmp_path: Path, level: str, source: Path, **options) -> ModelCard:
