@@ -192,3 +192,19 @@ def test_option_bounds(url: str) -> None:
     assert "images" in refusal(post(url, {"paths": [path], "images": 0}))
     assert "method" in refusal(post(url, {"paths": [path], "method": "string"}))
     assert "interpolation" in refusal(post(url, {"paths": [path], "interpolation": "spline"}))
+
+
+def test_fixed_atoms_that_move_between_end_points_get_an_error_entry(url: str) -> None:
+    """The hopping atom cannot be held fixed: the worker refuses that path (ASE's NEB could not interpolate it),
+    the path beside it is answered, and the worker goes on serving."""
+    initial, final = vacancy_hop((1, 1, 1))
+    paths = [
+        {"initial": as_dict(initial), "final": as_dict(final), "fixed": [2]},
+        {"initial": as_dict(initial), "final": as_dict(final)},
+    ]
+    moved, good = post(url, {"model": ARGON, "paths": paths, **OPTIONS}).json()["results"]
+    assert moved["error"]["code"] == "invalid_request"
+    assert moved["error"]["message"] == (
+        "path 0: fixed atoms must be where the initial end point has them; in the final end point they are not"
+    )
+    assert good["stop_reason"] in ("converged", "max_steps")

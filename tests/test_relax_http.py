@@ -133,7 +133,7 @@ def test_bad_relaxation_requests_name_the_problem(server_url: str) -> None:
     for change, words in [
         ({"fixed": [[0]]}, "'fixed' has 1 entries for 2 structures"),
         ({"fmax": 0}, "fmax"),
-        ({"optimizer": "bfgs"}, "optimizer"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
         ({"max_steps": -1}, "max_steps"),
     ]:
         response = httpx.post(f"{server_url}/v1/relax", json=body | change, timeout=60)
