@@ -34,12 +34,10 @@ lint: install  ## ruff, hadolint (deploy/docker), mypy (clients/, server/api/) a
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint deploy/docker/*.Dockerfile
-	@# mypy and import-linter read a package from its folder; ours is mapped from models/, server/, clients/,
-	@# so they read a copy laid out as installed
-	rm -rf build/layout && mkdir -p build/layout/mlipserve
-	cp mlipserve/*.py build/layout/mlipserve/ && cp -r models server clients build/layout/mlipserve/
-	cd build/layout && $(abspath $(VENV))/bin/mypy --config-file $(abspath pyproject.toml)
-	cd build/layout && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports --no-cache $(abspath pyproject.toml)
+	@# mypy and import-linter read the package from its folder: mlipserve/models, server and clients are links to
+	@# the top-level folders that setuptools maps (package-dir), so they see the layout as installed
+	$(VENV)/bin/mypy --config-file pyproject.toml
+	$(VENV)/bin/lint-imports --no-cache
 
 test: lint envs  ## install, lint, build the model families' worker environments, then run the test suite
 	$(VENV)/bin/python -m pytest
