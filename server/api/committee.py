@@ -67,13 +67,14 @@ class CommitteeDirectory:
                 statuses[card.name] = _combined({member: statuses[member] for member in members})
         return statuses
 
-    async def check_relaxable(self, card: ModelCard) -> None:
-        """Refuse (422) to relax with a committee whose members are served apart (see the module docstring)."""
+    async def check_relaxable(self, card: ModelCard, action: str = "relax") -> None:
+        """Refuse (422) to relax (or to ``action``: "run MD", "run NEB") with a committee whose members are served
+        apart (see the module docstring)."""
         if await self.fanned_out(card.name) is not None:
             message = (
-                f"committee {card.name!r} is served by its members apart, so it cannot relax (every step needs the "
-                f"members' mean forces on one worker); serve the committee itself (--model {card.name}), which "
-                "loads its members in one worker, or relax with one member"
+                f"committee {card.name!r} is served by its members apart, so it cannot {action} (every step needs "
+                f"the members' mean forces on one worker); serve the committee itself (--model {card.name}), which "
+                f"loads its members in one worker, or {action} with one member"
             )
             raise RequestError(422, ErrorCode.INVALID_REQUEST, message)
 

@@ -61,10 +61,11 @@ class AppState:
             raise RequestError(503, ErrorCode.MODEL_UNAVAILABLE, f"model {name!r} is unavailable: {status.error}")
         return card, status
 
-    async def check_relaxable(self, card: ModelCard) -> None:
-        """Refuse (422) to relax with a model that cannot relax here (a committee served by its members apart)."""
+    async def check_relaxable(self, card: ModelCard, action: str = "relax") -> None:
+        """Refuse (422) to relax, or to ``action`` ("run MD", "run NEB": every step of them too), with a model that
+        cannot do it here (a committee served by its members apart)."""
         if isinstance(self.directory, CommitteeDirectory):
-            await self.directory.check_relaxable(card)
+            await self.directory.check_relaxable(card, action)
 
     def scales_from_zero(self, name: str) -> bool:
         """Whether work for ``name`` is queued while no worker serves it (an autoscaler will start one)."""

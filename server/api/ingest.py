@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import ErrorCode
 from ...models.cards import ModelCard
 from ...models.system import AtomicSystem
-from ..dynamics.options import MDOptions, MDSpec, NEBOptions, NEBSpec, RelaxOptions, RelaxSpec
+from ..dynamics.options import MDOptions, MDSpec, NEBOptions, NEBSpec, RelaxOptions, RelaxSpec, image_mismatch
 from ..engine.tasks import Task
 from .errors import RequestError, StructureError
 from .structures import decode_structure
@@ -268,7 +268,7 @@ def prepare_neb_tasks(
             images = [_path_image(index, name, data, card, limits) for name, data in _named_images(path)]
             initial, *rest = images
             for (name, _), system in zip(_named_images(path)[1:], rest, strict=True):
-                if problem := path_mismatch(initial, system):
+                if problem := image_mismatch(initial, system, CELL_TOLERANCE):
                     raise RequestError(422, ErrorCode.INVALID_REQUEST, f"path {index}: {name} {problem}")
             fixed = fixed_atoms(index, initial, path.fixed)
             moving = len(path.intermediates or ()) or options.images
@@ -300,21 +300,3 @@ def _path_image(index: int, name: str, data: Any, card: ModelCard, limits: Struc
 
 def _problem(error: StructureError) -> str:
     return error.message.removeprefix(f"structure {error.index}: ")
-
-
-def path_mismatch(initial: AtomicSystem, other: AtomicSystem) -> str | None:
-    """How ``other`` differs from the initial end point in what every image of a path shares, or None."""
-    if other.n_atoms != initial.n_atoms:
-        return f"has {other.n_atoms} atoms, the initial end point {initial.n_atoms}"
-    if (differ := np.flatnonzero(other.numbers != initial.numbers)).size:
-        atom = int(differ[0])
-        return (
-            f"has atomic number {int(other.numbers[atom])} at atom {atom} where the initial end point has "
-            f"{int(initial.numbers[atom])} ({differ.size} atoms differ): the atoms must be in the same order"
-        )
-    if not np.array_equal(other.pbc, initial.pbc):
-        return f"has pbc {other.pbc.tolist()}, the initial end point {initial.pbc.tolist()}"
-    difference = float(np.abs(other.cell - initial.cell).max())
-    if initial.is_periodic and difference > CELL_TOLERANCE:
-        return f"has a cell differing from the initial end point's by up to {difference:.3g} Å (entries)"
-    return None

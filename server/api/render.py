@@ -210,7 +210,6 @@ def md_extxyz(runs: Iterable[tuple[int, AtomicSystem, Sequence[MDFrame], TaskRes
 
     A run without an outcome (an error) contributes its frames only.
     """
-    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
     runs = list(runs)
@@ -218,41 +217,31 @@ def md_extxyz(runs: Iterable[tuple[int, AtomicSystem, Sequence[MDFrame], TaskRes
     for index, system, frames, _ in runs:
         for frame in frames:
             atoms = AtomicSystem(system.numbers, frame.positions, frame.cell, system.pbc).to_ase()
-            atoms.info.update(
-                index=index,
-                step=frame.step,
-                time_fs=frame.time_fs,
-                temperature=frame.temperature,
-                kinetic_energy=frame.kinetic_energy,
-            )
-            atoms.new_array("velocities", np.asarray(frame.velocities, dtype=np.float64))
-            results: dict[str, Any] = {"energy": frame.energy}
-            if frame.stress is not None:
-                results["stress"] = np.asarray(frame.stress, dtype=np.float64)
-            atoms.calc = SinglePointCalculator(atoms, **results)
-            images.append(atoms)
+            info: dict[str, Any] = {"index": index, "step": frame.step, "time_fs": frame.time_fs}
+            info |= {"temperature": frame.temperature, "kinetic_energy": frame.kinetic_energy}
+            results = {"energy": frame.energy, "stress": frame.stress}
+            images.append(_extxyz_image(atoms, info, frame.velocities, results))
     for index, _, _, result in runs:
         if result is None or result.md is None or result.prediction is None:
             continue
         outcome, prediction = result.md, result.prediction
-        atoms = outcome.system.to_ase()
-        atoms.info.update(
-            index=index,
-            stop_reason=outcome.stop_reason,
-            step=outcome.steps,
-            time_fs=outcome.time_fs,
-            temperature=outcome.temperature,
-            kinetic_energy=outcome.kinetic_energy,
-            seed=outcome.seed,
-        )
-        atoms.new_array("velocities", np.asarray(outcome.velocities, dtype=np.float64))
-        results = {"energy": prediction.energy}
-        if prediction.forces is not None:
-            results["forces"] = np.asarray(prediction.forces, dtype=np.float64)
-        if prediction.stress is not None:
-            results["stress"] = np.asarray(prediction.stress, dtype=np.float64)
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        images.append(atoms)
+        info = {"index": index, "stop_reason": outcome.stop_reason, "step": outcome.steps}
+        info |= {"time_fs": outcome.time_fs}
+        info |= {"temperature": outcome.temperature, "kinetic_energy": outcome.kinetic_energy, "seed": outcome.seed}
+        results = {"energy": prediction.energy, "forces": prediction.forces, "stress": prediction.stress}
+        images.append(_extxyz_image(outcome.system.to_ase(), info, outcome.velocities, results))
     buffer = io.StringIO()
     write(buffer, images, format="extxyz")
     return buffer.getvalue()
+
+
+def _extxyz_image(atoms: Any, info: dict[str, Any], velocities: np.ndarray, results: dict[str, Any]) -> Any:
+    """``atoms`` with ``info``, a per-atom ``velocities`` column (Å/fs) and the ``results`` given (None: left out)
+    on a SinglePointCalculator, as one extxyz frame."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.info.update(info)
+    atoms.new_array("velocities", np.asarray(velocities, dtype=np.float64))
+    known = {name: np.asarray(value, dtype=np.float64) for name, value in results.items() if value is not None}
+    atoms.calc = SinglePointCalculator(atoms, **known)
+    return atoms

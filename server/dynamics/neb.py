@@ -31,7 +31,7 @@ from ...models.system import AtomicSystem
 from ...models.tensor_batch import NeighborSource, TensorBatch, TensorPrediction
 from ...protocol import NEBStopReason
 from .groups import CallerStop, Ended
-from .options import NEBSpec
+from .options import NEBSpec, image_mismatch
 from .outcome import NEBOutcome, Progress
 
 __all__ = ["NEBSet", "build_images", "image_key", "path_problem"]
@@ -48,18 +48,13 @@ def image_key(task_id: str, image: int) -> str:
 
 
 def path_problem(initial: AtomicSystem, spec: NEBSpec) -> str | None:
-    """Why ASE's NEB cannot take this path (None: it can): every image must have the end points' atoms in the same
-    order, the same boundary conditions and periodic cell vectors, and the fixed atoms where the initial end point
-    has them (they are held there on every image)."""
+    """Why ASE's NEB cannot take this path (None: it can): every image as the initial end point in atoms, order,
+    boundary conditions and cell (:func:`~.options.image_mismatch`, the front end's check, held tighter here), and
+    the fixed atoms where the initial end point has them (they are held there on every image)."""
     images = [spec.final, *spec.intermediates]
     for index, image in enumerate(images):
-        name = "the final end point" if index == 0 else f"intermediate {index - 1}"
-        if image.n_atoms != initial.n_atoms or not np.array_equal(image.numbers, initial.numbers):
-            return f"{name} does not have the initial end point's atoms in the same order"
-        if not np.array_equal(image.pbc, initial.pbc):
-            return f"{name} has other boundary conditions than the initial end point"
-        if np.abs(image.cell - initial.cell)[initial.pbc].max(initial=0.0) > _CELL_TOL:
-            return f"{name} has another cell than the initial end point (NEB keeps the cell fixed)"
+        if problem := image_mismatch(initial, image, _CELL_TOL):
+            return f"{'the final end point' if index == 0 else f'intermediate {index - 1}'} {problem}"
     if spec.fixed is not None:
         fixed = np.asarray(spec.fixed)
         if fixed.size and (fixed.min() < 0 or fixed.max() >= initial.n_atoms):

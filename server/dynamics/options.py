@@ -11,7 +11,16 @@ from ...models.system import AtomicSystem
 from ...protocol import MDOptions, NEBOptions, OptimizerName, RelaxOptions
 from .outcome import MDCheckpoint
 
-__all__ = ["MDOptions", "MDSpec", "NEBOptions", "NEBSpec", "OptimizerName", "RelaxOptions", "RelaxSpec"]
+__all__ = [
+    "MDOptions",
+    "MDSpec",
+    "NEBOptions",
+    "NEBSpec",
+    "OptimizerName",
+    "RelaxOptions",
+    "RelaxSpec",
+    "image_mismatch",
+]
 
 
 @dataclass(frozen=True)
@@ -52,3 +61,27 @@ class NEBSpec:
     intermediates: tuple[AtomicSystem, ...] = ()
     #: Indices of fixed atoms (in every image), or None.
     fixed: np.ndarray | None = None
+
+
+def image_mismatch(initial: AtomicSystem, other: AtomicSystem, cell_tolerance: float) -> str | None:
+    """How ``other`` differs from a path's initial end point in what every image of it shares (the same atoms in
+    the same order, boundary conditions, and a cell equal to within ``cell_tolerance`` Å), or None.
+
+    The front end checks a request's paths with it, the worker again before it builds an NEB (``neb.py``)."""
+    if other.n_atoms != initial.n_atoms:
+        return (
+            f"has {other.n_atoms} atoms, the initial end point {initial.n_atoms}: every image needs the same atoms in "
+            "the same order"
+        )
+    if (differ := np.flatnonzero(other.numbers != initial.numbers)).size:
+        atom = int(differ[0])
+        return (
+            f"has atomic number {int(other.numbers[atom])} at atom {atom} where the initial end point has "
+            f"{int(initial.numbers[atom])} ({differ.size} atoms differ): the atoms must be in the same order"
+        )
+    if not np.array_equal(other.pbc, initial.pbc):
+        return f"has pbc {other.pbc.tolist()}, the initial end point {initial.pbc.tolist()}"
+    difference = float(np.abs(other.cell - initial.cell).max())
+    if initial.is_periodic and difference > cell_tolerance:
+        return f"has a cell differing from the initial end point's by up to {difference:.3g} Å (entries)"
+    return None

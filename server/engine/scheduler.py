@@ -179,8 +179,8 @@ class Scheduler:
                 failed_keys = _by_task(group, {batch.keys[i]: failure for i, failure in failures.items()})
                 watched = _watched(batch.keys, prediction, failed_keys) if group.watched else {}
                 watch_finished, stop = self._watch(group, watched)
-                dropped = [i for i, key in enumerate(batch.keys) if group.watched and key not in watched]
-                dropped = [i for i in dropped if batch.keys[i] not in failed_keys]
+                # the watch's "no uncertainty" verdict took some out of ``watched``: they leave without an outcome
+                dropped = [i for i, key in enumerate(batch.keys) if group.watched and key not in watched | failed_keys]
                 if dropped:
                     failed = failed.clone()
                     failed[dropped] = True

@@ -22,7 +22,6 @@ from ..ingest import check_fixed_count, check_md_options, check_structure_count
 from ..jobs import Job, JobManager, read_extxyz_frames
 from ..schemas import ERROR_RESPONSES, ErrorResponse, JobRequest, MDSettings, ModelInfo, RelaxSettings
 from ..structures import extxyz_first_frame_problem
-from .md import check_dynamics
 
 JOB_REQUEST_BODY = {
     "required": True,
@@ -172,7 +171,7 @@ async def _check_dynamics(state: AppState, card: ModelCard, relax: RelaxOptions 
     if relax is not None:
         await state.check_relaxable(card)
     if md is not None:
-        await check_dynamics(state, card, "MD")
+        await state.check_relaxable(card, "run MD")
         check_md_options(md)
 
 

@@ -20,7 +20,6 @@ from ...dynamics.outcome import Progress
 from ...engine.tasks import Task, TaskResult
 from ...transport.base import BrokerError, ModelStatus
 from ..context import AppState
-from ..errors import RequestError
 from ..ingest import (
     Prepared,
     base_seed,
@@ -67,7 +66,7 @@ def create_router(state: AppState) -> APIRouter:
         """
         options = body.options()
         card, status = await state.serving_card(body.model)
-        await check_dynamics(state, card, "MD")
+        await state.check_relaxable(card, "run MD")
         check_md_options(options)
         n_structures = len(body.structures)
         state.check_request_size(n_structures)
@@ -112,15 +111,6 @@ def create_router(state: AppState) -> APIRouter:
         return JSONBody({"model": model_info(card, status, results), "results": entries})
 
     return router
-
-
-async def check_dynamics(state: AppState, card: ModelCard, what: str) -> None:
-    """Refuse (422) MD or NEB (``what``) with a model that cannot relax here: the same check, named for them."""
-    try:
-        await state.check_relaxable(card)
-    except RequestError as error:
-        error.message = error.message.replace("cannot relax", f"cannot run {what}").replace(" or relax ", " or use ")
-        raise
 
 
 def _line(content: dict[str, Any]) -> bytes:

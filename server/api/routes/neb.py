@@ -14,7 +14,6 @@ from ..context import AppState
 from ..ingest import check_request_atoms, prepare_neb_tasks, tasks_of
 from ..render import JSONBody, model_info, neb_entry
 from ..schemas import ERROR_RESPONSES, NEBRequest, NEBResponse
-from .md import check_dynamics
 
 
 def create_router(state: AppState) -> APIRouter:
@@ -29,7 +28,7 @@ def create_router(state: AppState) -> APIRouter:
         periodicity and cell (422 otherwise, naming what differs).
         """
         card, status = await state.serving_card(body.model)
-        await check_dynamics(state, card, "NEB")
+        await state.check_relaxable(card, "run NEB")
         state.check_request_size(len(body.paths))
         prepare = partial(prepare_neb_tasks, card=card, limits=state.settings.limits, options=body.options())
         prepared = await anyio.to_thread.run_sync(prepare, body.paths)
