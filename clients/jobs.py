@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 import orjson
-
 from mlipserve.errors import ErrorCode
 
 from ..protocol import JobState, MDOptions, Property, RelaxOptions

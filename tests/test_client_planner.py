@@ -21,7 +21,6 @@ from mlipserve.clients.options import ClientOptions, ClientSettings
 from mlipserve.clients.planner import Planner
 from mlipserve.clients.results import Result
 from mlipserve.clients.retrying import request, retry_delay
-
 from mlipserve.errors import ErrorCode
 
 

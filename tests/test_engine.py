@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
+from mlipserve.errors import ErrorCode
 from mlipserve.models.system import AtomicSystem
 from mlipserve.server.dynamics import relaxation
 from mlipserve.server.dynamics.optimizers import OPTIMIZERS, make_optimizer
@@ -20,8 +21,6 @@ from mlipserve.server.engine.loop import Worker
 from mlipserve.server.engine.tasks import Task
 from mlipserve.server.transport.base import TimedOut, Unavailable
 from mlipserve.server.transport.embedded import EmbeddedBroker
-
-from mlipserve.errors import ErrorCode
 
 from .test_graph_and_worker import ListSource, argon_cluster, argon_crystal
 from .toy_potential import LennardJonesPotential

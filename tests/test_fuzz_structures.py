@@ -23,6 +23,7 @@ from ase.io import write
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from mlipserve.errors import ErrorCode
 from mlipserve.models.registry import ModelRegistry
 from mlipserve.server.api.errors import StructureError
 from mlipserve.server.api.ingest import prepare_tasks
@@ -30,8 +31,6 @@ from mlipserve.server.app import create_app
 from mlipserve.server.config import ServerSettings, StructureLimits
 from mlipserve.server.dynamics.options import RelaxOptions
 from mlipserve.server.engine.tasks import Task
-
-from mlipserve.errors import ErrorCode
 
 #: 7net-0's card covers 89 elements, so most decoded structures go on to every validation check; only its card is
 #: read, no model is loaded.

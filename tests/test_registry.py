@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlipserve.errors import ErrorCode
 from mlipserve.models import AtomicSystem, CardError, ModelCard, ModelRegistry, StructureRejected, UnknownModel
 from mlipserve.models.loading import BackendUnavailable, load_backend, load_model
 from mlipserve.models.potential import Potential, check_card, check_elements
 from mlipserve.models.registry import FAMILIES
-
-from mlipserve.errors import ErrorCode
 
 from .conftest import FIXTURES, write_card
 from .toy_potential import LennardJonesPotential

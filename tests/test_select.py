@@ -25,9 +25,8 @@ from mlipserve.models.cards import file_sha256
 from mlipserve.models.loading import load_model
 from mlipserve.models.registry import ModelRegistry
 from mlipserve.models.system import AtomicSystem
-from mlipserve.server.cli import main
-
 from mlipserve.protocol import RelaxOptions
+from mlipserve.server.cli import main
 
 from .conftest import FIXTURES, ready_server, torch_threads
 

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from ase.build import bulk
+from mlipserve.errors import ErrorCode
 from mlipserve.models.active_sets import Selection
 from mlipserve.models.cards import file_sha256
 from mlipserve.models.prediction import Prediction, Uncertainty
@@ -22,8 +23,6 @@ from mlipserve.models.system import AtomicSystem
 from mlipserve.server.config import ServerSettings
 from mlipserve.server.engine.tasks import SelectSpec, Task, TaskResult
 from mlipserve.server.transport.redis.codec import decode_result, decode_task, encode_result, encode_task
-
-from mlipserve.errors import ErrorCode
 
 from .conftest import FIXTURES, RunningServer, free_port
 from .redis_fixtures import WorkerProcess, wait_for_workers

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from mlipserve import __version__
 from mlipserve.protocol import RelaxOptions
 

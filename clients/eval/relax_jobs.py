@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ase import Atoms
-from tqdm.auto import tqdm
-
 from mlipserve.protocol import RelaxOptions
+from tqdm.auto import tqdm
 
 from ..client import Client
 from ..errors import MLIPServeError
