@@ -6,13 +6,14 @@ CONSTRAINTS ?= deploy/constraints-cpu.txt
 EXTRAS ?= sevenn,chgnet,nequip,dev
 # The models the README's examples use; `make serve SERVE_ARGS="--model NAME ..."` chooses others.
 SERVE_ARGS ?= --model 7net-0 --model chgnet-0.3.0
-PIP = $(VENV)/bin/python -m pip install --quiet --progress-bar off
+# pip install into $(VENV), rerun when the network drops mid-download (deploy/pip-install.sh)
+PIP = deploy/pip-install.sh $(VENV)
 
 .PHONY: install serve test lint bench
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) deploy/pip-install.sh
 	@echo "== creating $(VENV) (first time: about 3 minutes, 2 GB; later runs skip this)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
@@ -55,6 +56,6 @@ FAMILY_ENVS ?= mace fairchem orb m3gnet mattersim grace
 envs: $(FAMILY_ENVS:%=env-%)  ## create every family's worker environment (.venv-mace, ...)
 $(FAMILY_ENVS:%=env-%): env-%: .venv-%/.installed  ## create .venv-FAMILY (mlipserve[FAMILY], editable) for its workers
 
-.venv-%/.installed: pyproject.toml $(CONSTRAINTS) deploy/%/constraints.txt deploy/make-env.sh $(wildcard deploy/*/requirements.txt deploy/*/no-deps.txt)
+.venv-%/.installed: pyproject.toml $(CONSTRAINTS) deploy/%/constraints.txt deploy/make-env.sh deploy/pip-install.sh $(wildcard deploy/*/requirements.txt deploy/*/no-deps.txt)
 	@echo "== creating .venv-$*, the $* family's own worker environment (first time: a few minutes)"
 	PYTHON=$(PYTHON) TORCH_CONSTRAINTS=$(CONSTRAINTS) deploy/make-env.sh $* .venv-$*

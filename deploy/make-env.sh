@@ -22,12 +22,13 @@ if [ ! -f "$family_constraints" ]; then
 fi
 
 "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --quiet -c "$torch_constraints" -c "$family_constraints")
-"$venv/bin/python" -m pip install --quiet --upgrade pip
+# pip install, rerun when the network drops mid-download (TensorFlow's wheel alone is hundreds of MB)
+pip=(deploy/pip-install.sh "$venv" -c "$torch_constraints" -c "$family_constraints")
+deploy/pip-install.sh "$venv" --upgrade pip
 "${pip[@]}" torch
 if [ -f "deploy/$family/no-deps.txt" ]; then
-    # a package whose declared requirements cannot be installed as they stand (GRACE's tensorflow[and-cuda] on a CPU
-    # machine): what it really needs first (requirements.txt), then the package without its own dependencies
+    # packages whose declared requirements cannot be installed as they stand (GRACE's tensorflow[and-cuda] on a CPU
+    # machine): what they really need first (requirements.txt), then the packages without their own dependencies
     "${pip[@]}" -r "deploy/$family/requirements.txt"
     "${pip[@]}" --no-deps -r "deploy/$family/no-deps.txt"
     "${pip[@]}" -e .

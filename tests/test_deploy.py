@@ -176,7 +176,8 @@ def makefile_installs() -> list[dict[str, Any]]:
     """The Makefile's `make install` pip commands, its variables expanded to their defaults."""
     text = (REPO / "Makefile").read_text()
     variables = dict(re.findall(r"^(\w+) \?= (.*)$", text, flags=re.M))
-    variables["PIP"] = re.search(r"^PIP = \S+ -m (pip install.*)$", text, flags=re.M).group(1)
+    assert re.search(r"^PIP = deploy/pip-install.sh \$\(VENV\)$", text, flags=re.M), "make install's pip, retried"
+    variables["PIP"] = "pip install"
     recipe = "\n".join(line for line in text.splitlines() if line.startswith("\t$(PIP)"))
     for _ in range(2):  # $(PIP) first, then the variables it holds
         recipe = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), recipe)
@@ -191,6 +192,8 @@ def make_env_installs(family: str = "mace") -> list[dict[str, Any]]:
     taken = branch.group(1) if (DEPLOY / family / "no-deps.txt").exists() else branch.group(2)
     text = text[: branch.start()] + taken + text[branch.end() :]
     pip = re.search(r"^pip=\((.*)\)$", text, flags=re.M).group(1)
+    assert pip.startswith('deploy/pip-install.sh "$venv" '), "make-env.sh's pip, retried"
+    pip = pip.replace('deploy/pip-install.sh "$venv"', "pip install", 1)
     shell = "\n".join(line.replace('"${pip[@]}"', pip) for line in text.splitlines() if '"${pip[@]}"' in line)
     torch_constraints = re.search(r'torch_constraints="\$\{TORCH_CONSTRAINTS:-(.*)\}"', text).group(1)
     shell = shell.replace("$torch_constraints", torch_constraints)
@@ -502,3 +505,38 @@ def test_every_command_line_parses_with_the_cli() -> None:
             parser.parse_args([str(arg) for arg in argv])
         except SystemExit:
             pytest.fail(f"{where}: `mlipserve {shlex.join(argv)}` does not parse")
+
+
+# --- the set-up's pip ----------------------------------------------------------------------------------------------
+
+
+def fake_venv(root: Path, failures: int) -> Path:
+    """A venv whose `python -m pip install` fails ``failures`` times, then succeeds; each call is logged."""
+    bin_dir = root / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    script = f"""#!/usr/bin/env bash
+[ "$4" = --help ] && {{ echo "  --resume-retries <attempts>"; exit 0; }}
+echo "$*" >> {root}/calls
+[ "$(wc -l < {root}/calls)" -gt {failures} ]
+"""
+    (bin_dir / "python").write_text(script)
+    (bin_dir / "python").chmod(0o755)
+    return root / "venv"
+
+
+@pytest.mark.parametrize(("failures", "attempts", "succeeds"), [(0, 4, True), (2, 3, True), (3, 3, False)])
+def test_pip_install_is_rerun_when_it_fails(tmp_path: Path, failures: int, attempts: int, succeeds: bool) -> None:
+    venv = fake_venv(tmp_path, failures)
+    env = {"PATH": "/usr/bin:/bin", "PIP_INSTALL_ATTEMPTS": str(attempts), "PIP_INSTALL_WAIT_S": "0"}
+    run = subprocess.run(
+        [DEPLOY / "pip-install.sh", venv, "-c", "deploy/constraints-cpu.txt", "torch"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert (run.returncode == 0) is succeeds, run.stderr
+    assert len(calls) == min(failures + 1, attempts)
+    assert all(call.endswith("--resume-retries 20 -c deploy/constraints-cpu.txt torch") for call in calls), calls
+    if not succeeds:
+        assert f"failed {attempts} times" in run.stderr
