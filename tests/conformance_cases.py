@@ -67,7 +67,10 @@ TOLERANCES = {
         fd_relative=1e-6,
     ),
     "float32": Tolerances(
-        energy=2e-6,
+        # float32 sums over hundreds of edges: CHGNet's 2-atom Si cell, moved by 12 random shifts and rotations,
+        # changes its energy by up to 1.2e-5 eV (6e-6 eV/atom), and which shift is worst varies with the CPU's
+        # kernels; 1e-5 eV/atom is the float32 bound of test_sevennet_backend.py, far below any physical effect
+        energy=1e-5,
         energy_relative=5e-7,
         forces=5e-4,
         stress=2e-5,
