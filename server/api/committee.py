@@ -9,7 +9,7 @@ forces even when the request is not: the committee's figure is their force sprea
 
 A relaxation needs the mean forces at every step, on one worker: a committee is relaxed only where a worker serves
 the committee itself (``--model COMMITTEE``, which loads every member in-process when they share an environment);
-a fanned-out committee refuses relaxations and selections with 422 (:meth:`CommitteeDirectory.check_relaxable`).
+a fanned-out committee refuses relaxations and selections with 422 (:meth:`CommitteeDirectory.check_can_step`).
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ class CommitteeDirectory:
                 statuses[card.name] = _combined({member: statuses[member] for member in members})
         return statuses
 
-    async def check_relaxable(self, card: ModelCard, action: str = "relax") -> None:
-        """Refuse (422) to relax (or to ``action``: "run MD", "run NEB") with a committee whose members are served
-        apart (see the module docstring)."""
+    async def check_can_step(self, card: ModelCard, action: str = "relax") -> None:
+        """Refuse (422) to ``action`` ("relax", "run MD", "run NEB": work stepped by its forces) with a committee
+        whose members are served apart (see the module docstring)."""
         if await self.fanned_out(card.name) is not None:
             message = (
                 f"committee {card.name!r} is served by its members apart, so it cannot {action} (every step needs "

@@ -61,11 +61,11 @@ class AppState:
             raise RequestError(503, ErrorCode.MODEL_UNAVAILABLE, f"model {name!r} is unavailable: {status.error}")
         return card, status
 
-    async def check_relaxable(self, card: ModelCard, action: str = "relax") -> None:
-        """Refuse (422) to relax, or to ``action`` ("run MD", "run NEB": every step of them too), with a model that
-        cannot do it here (a committee served by its members apart)."""
+    async def check_can_step(self, card: ModelCard, action: str = "relax") -> None:
+        """Refuse (422) to ``action`` ("relax", "run MD", "run NEB": work stepped by the model's forces) with a
+        model that cannot step here (a committee served by its members apart)."""
         if isinstance(self.directory, CommitteeDirectory):
-            await self.directory.check_relaxable(card, action)
+            await self.directory.check_can_step(card, action)
 
     def scales_from_zero(self, name: str) -> bool:
         """Whether work for ``name`` is queued while no worker serves it (an autoscaler will start one)."""

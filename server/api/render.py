@@ -217,17 +217,28 @@ def md_extxyz(runs: Iterable[tuple[int, AtomicSystem, Sequence[MDFrame], TaskRes
     for index, system, frames, _ in runs:
         for frame in frames:
             atoms = AtomicSystem(system.numbers, frame.positions, frame.cell, system.pbc).to_ase()
-            info: dict[str, Any] = {"index": index, "step": frame.step, "time_fs": frame.time_fs}
-            info |= {"temperature": frame.temperature, "kinetic_energy": frame.kinetic_energy}
+            info: dict[str, Any] = {
+                "index": index,
+                "step": frame.step,
+                "time_fs": frame.time_fs,
+                "temperature": frame.temperature,
+                "kinetic_energy": frame.kinetic_energy,
+            }
             results = {"energy": frame.energy, "stress": frame.stress}
             images.append(_extxyz_image(atoms, info, frame.velocities, results))
     for index, _, _, result in runs:
         if result is None or result.md is None or result.prediction is None:
             continue
         outcome, prediction = result.md, result.prediction
-        info = {"index": index, "stop_reason": outcome.stop_reason, "step": outcome.steps}
-        info |= {"time_fs": outcome.time_fs}
-        info |= {"temperature": outcome.temperature, "kinetic_energy": outcome.kinetic_energy, "seed": outcome.seed}
+        info = {
+            "index": index,
+            "stop_reason": outcome.stop_reason,
+            "step": outcome.steps,
+            "time_fs": outcome.time_fs,
+            "temperature": outcome.temperature,
+            "kinetic_energy": outcome.kinetic_energy,
+            "seed": outcome.seed,
+        }
         results = {"energy": prediction.energy, "forces": prediction.forces, "stress": prediction.stress}
         images.append(_extxyz_image(outcome.system.to_ase(), info, outcome.velocities, results))
     buffer = io.StringIO()

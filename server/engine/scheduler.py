@@ -180,7 +180,8 @@ class Scheduler:
                 watched = _watched(batch.keys, prediction, failed_keys) if group.watched else {}
                 watch_finished, stop = self._watch(group, watched)
                 # the watch's "no uncertainty" verdict took some out of ``watched``: they leave without an outcome
-                dropped = [i for i, key in enumerate(batch.keys) if group.watched and key not in watched | failed_keys]
+                kept = watched.keys() | failed_keys.keys()
+                dropped = [i for i, key in enumerate(batch.keys) if key not in kept] if group.watched else []
                 if dropped:
                     failed = failed.clone()
                     failed[dropped] = True

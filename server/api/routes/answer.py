@@ -31,7 +31,7 @@ async def answer(
     """
     card, status = await state.serving_card(model)
     if relax is not None:
-        await state.check_relaxable(card)
+        await state.check_can_step(card)
     state.check_request_size(len(structures))
     check_fixed_count(fixed, len(structures))
     prepare = partial(prepare_tasks, limits=state.settings.limits, relax=relax, fixed=fixed)

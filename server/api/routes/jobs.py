@@ -169,9 +169,9 @@ async def _check_dynamics(state: AppState, card: ModelCard, relax: RelaxOptions 
     if relax is not None and md is not None:
         raise RequestError(422, ErrorCode.INVALID_REQUEST, "a job takes a 'relax' block or an 'md' block, not both")
     if relax is not None:
-        await state.check_relaxable(card)
+        await state.check_can_step(card)
     if md is not None:
-        await state.check_relaxable(card, "run MD")
+        await state.check_can_step(card, "run MD")
         check_md_options(md)
 
 

@@ -66,7 +66,7 @@ def create_router(state: AppState) -> APIRouter:
         """
         options = body.options()
         card, status = await state.serving_card(body.model)
-        await state.check_relaxable(card, "run MD")
+        await state.check_can_step(card, "run MD")
         check_md_options(options)
         n_structures = len(body.structures)
         state.check_request_size(n_structures)

@@ -28,7 +28,7 @@ def create_router(state: AppState) -> APIRouter:
         periodicity and cell (422 otherwise, naming what differs).
         """
         card, status = await state.serving_card(body.model)
-        await state.check_relaxable(card, "run NEB")
+        await state.check_can_step(card, "run NEB")
         state.check_request_size(len(body.paths))
         prepare = partial(prepare_neb_tasks, card=card, limits=state.settings.limits, options=body.options())
         prepared = await anyio.to_thread.run_sync(prepare, body.paths)
